@@ -1,0 +1,1 @@
+"""Tests of oseg3d.storage."""
