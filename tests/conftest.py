@@ -63,3 +63,33 @@ def s3_bucket(s3_server, s3_raw_client):
         s3_raw_client.remove_bucket(name)
     except Exception:  # noqa: BLE001
         pass
+
+
+# =====================================================================================================
+# oseg3d.data: one small synthetic world with real-scan defects, and its four processed datasets.
+# =====================================================================================================
+
+DATA_WORLD_DEFECTS = {"nan_pose": 1, "corrupt_png": 1, "missing_frame": 1, "zero_depth": 1, "unknown_label": 1,
+                      "missing_scene": 1}
+
+
+@pytest.fixture(scope="session")
+def raw_world(tmp_path_factory):
+    """A 3-scene world (21 frames each: SV frames 0/200/400, MV every 40th) with injected defects."""
+    from oseg3d.scannet.synth import SynthSpec, write_world
+
+    root = tmp_path_factory.mktemp("raw_world")
+    desc = write_world(root, SynthSpec(scenes=3, frames=21, mesh_resolution=0.08, seed=3,
+                                       defects=DATA_WORLD_DEFECTS), workers=2)
+    return root, desc
+
+
+@pytest.fixture(scope="session")
+def datasets(raw_world, tmp_path_factory):
+    """The four create_data outputs of `raw_world`: {kind: (out_dir, report)}."""
+    from oseg3d.data.create_data import CreateDataParams, create_data
+
+    root, _ = raw_world
+    out = tmp_path_factory.mktemp("datasets")
+    return {kind: (out / kind, create_data(str(root), str(out / kind), CreateDataParams(kind=kind), workers=1))
+            for kind in ("scannet_sv", "scannet_mv", "scannet200_sv", "scannet200_mv")}

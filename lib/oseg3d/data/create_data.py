@@ -72,7 +72,8 @@ def _stage_scene(raw_root: str, scene: str, inputs: list[storage.ObjectInfo], tm
     """Local folder holding the scene's raw files: the root itself when local, else a staged copy."""
     if not storage.is_s3(raw_root):
         return raw_root
-    pairs = [(o.uri, os.path.join(tmp, o.uri[len(storage.join(raw_root, "")):])) for o in inputs]
+    prefix = storage.normalise(raw_root).rstrip("/") + "/"
+    pairs = [(o.uri, os.path.join(tmp, *o.uri[len(prefix):].split("/"))) for o in inputs]
     storage.copy_files(pairs, workers=8, desc=f"stage {scene}")
     return tmp
 

@@ -7,6 +7,7 @@ done under a final name.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zlib
@@ -175,7 +176,10 @@ def process_scene(raw_local: str, out_root: str, scene: str, params: dict, frame
         frames.append({"index": idx, "pose": fr.pose, "pose_centered": pc, "center": fp.center,
                        "num_sp": int(fp.superpoint.max()) + 1})
     res.kept, res.skipped = len(frames), dict(skipped)
-    meta = {"schema_version": str(processed.SCHEMA_VERSION), "scene": scene, "kind": p.kind}
+    # one metadata key: safetensors stores metadata in a hash map, so several keys come out in a
+    # per-process order and identical runs would not give identical bytes
+    meta = {"oseg3d": json.dumps({"schema_version": processed.SCHEMA_VERSION, "scene": scene, "kind": p.kind},
+                                 sort_keys=True)}
     with tempfile.TemporaryDirectory(prefix="oseg3d-scene-") as tmp:
         if frames:
             arrays = {k: np.stack(v) for k, v in cols.items()}
