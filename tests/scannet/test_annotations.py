@@ -200,3 +200,12 @@ def test_build_mesh_gt_no_groups():
     gt = build_mesh_gt(VERTS, SEGMENT, [], LABELS)
     assert not gt.instance.any() and not gt.semantic.any()
     assert gt.boxes == {} and gt.unknown_labels == []
+
+
+@pytest.mark.parametrize("text", ['{"segIndices": ["a", "b"]}', '{"segIndices": null}', "[1, 2]"],
+                         ids=["strings", "null", "top_level_list"])
+def test_read_segments_malformed_is_dataerror(tmp_path, text):
+    path = tmp_path / "s.segs.json"
+    path.write_text(text)
+    with pytest.raises(DataError):
+        read_segments(path, 2)

@@ -187,3 +187,11 @@ def test_read_frame_reasons(tmp_path):
     with pytest.raises(FrameSkip) as e:
         read_frame(tmp_path, 40)
     assert e.value.reason == "corrupt_image"
+
+
+def test_read_depth_8bit_png_is_corrupt(tmp_path):
+    path = tmp_path / "0.png"
+    Image.fromarray(np.full((4, 4), 150, np.uint8)).save(path)
+    with pytest.raises(FrameSkip) as e:
+        read_depth(path)
+    assert e.value.reason == "corrupt_image"

@@ -204,3 +204,17 @@ def test_face_index_out_of_range(tmp_path, bad):
         read_ply(path)
     _assert_dataerror_names_file(e, path)
     assert "range" in str(e.value)
+
+
+@pytest.mark.parametrize("header", [
+    "ply\nformat binary_little_endian 1.0\nelement vertex 1\nproperty half x\nproperty float y\nproperty float z\nend_header\n",
+    "ply\nformat binary_little_endian 1.0\nelement vertex abc\nproperty float x\nend_header\n",
+    "ply\nformat binary_little_endian 1.0\nelement vertex 1\nproperty float a\nproperty float b\nproperty float c\nend_header\n",
+    "ply\nformat\nelement vertex 1\nend_header\n",
+], ids=["unknown_type", "bad_count", "no_xyz", "empty_format"])
+def test_malformed_header_is_dataerror(tmp_path, header):
+    path = tmp_path / "bad.ply"
+    path.write_bytes(header.encode() + b"\0" * 12)
+    with pytest.raises(DataError) as e:
+        read_ply(path)
+    _assert_dataerror_names_file(e, path)

@@ -67,7 +67,11 @@ def read_axis_align(path: str | Path) -> np.ndarray:
 def read_segments(path: str | Path, num_vertices: int) -> np.ndarray:
     """`segIndices` of a `.segs.json`, checked against the mesh's vertex count."""
     path = Path(path)
-    seg = np.asarray(_load_json(path, "segments file").get("segIndices", []), np.int64)
+    data = _load_json(path, "segments file")
+    try:
+        seg = np.asarray(data.get("segIndices", []) if isinstance(data, dict) else None, np.int64)
+    except (TypeError, ValueError):
+        raise DataError(path, "segIndices is not a list of integers", "restore the file from ScanNet") from None
     if seg.shape != (num_vertices,):
         raise DataError(path, f"{seg.size} segIndices for a mesh of {num_vertices} vertices", "use the segs.json of this mesh (_vh_clean_2.0.010000)")
     return seg

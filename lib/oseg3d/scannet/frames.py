@@ -85,7 +85,7 @@ def read_color(path: str | Path) -> np.ndarray:
 def read_depth(path: str | Path) -> np.ndarray:
     """Depth in metres (H, W) float32 from a uint16 millimetre PNG."""
     img = _open_image(Path(path))
-    if img.mode not in ("I;16", "I;16B", "I", "L"):
+    if img.mode not in ("I;16", "I;16B", "I"):
         raise FrameSkip("corrupt_image", path, f"depth PNG has mode {img.mode}, expected 16-bit grey")
     return np.asarray(img, dtype=np.float32) / DEPTH_SCALE
 

@@ -51,12 +51,18 @@ def _parse_header(f, path: Path) -> tuple[str, list[tuple[str, int, list]]]:
             continue
         if tok[0] == "end_header":
             break
-        if tok[0] == "format":
-            fmt = tok[1]
-        elif tok[0] == "element":
-            elements.append((tok[1], int(tok[2]), []))
-        elif tok[0] == "property" and elements:
-            elements[-1][2].append(tok[1:])
+        try:
+            if tok[0] == "format":
+                fmt = tok[1]
+            elif tok[0] == "element":
+                elements.append((tok[1], int(tok[2]), []))
+            elif tok[0] == "property" and elements:
+                types = tok[2:4] if tok[1] == "list" else tok[1:2]
+                if any(t not in _PLY_TYPES for t in types) or len(tok) < (5 if tok[1] == "list" else 3):
+                    raise ValueError(f"unsupported property {' '.join(tok[1:])!r}")
+                elements[-1][2].append(tok[1:])
+        except (IndexError, ValueError) as e:
+            raise DataError(path, f"malformed PLY header line {line.strip()!r} ({e})", "re-export the mesh as binary PLY") from None
     if fmt != "binary_little_endian":
         raise DataError(path, f"PLY format {fmt!r} is not supported", "use binary_little_endian PLY (ScanNet's format)")
     return fmt, elements
@@ -121,8 +127,10 @@ def read_ply(path: str | Path) -> Mesh:
                 raise DataError(path, f"PLY body truncated ({count} vertices declared)", "re-download the mesh")
             arr = np.frombuffer(buf, dt, count, offset)
             offset += dt.itemsize * count
-            verts = np.stack([arr["x"], arr["y"], arr["z"]], 1).astype(np.float32)
             names = dt.names
+            if not {"x", "y", "z"} <= set(names):
+                raise DataError(path, "vertex element has no x, y, z properties", "re-export the mesh with vertex positions")
+            verts = np.stack([arr["x"], arr["y"], arr["z"]], 1).astype(np.float32)
             if {"red", "green", "blue"} <= set(names):
                 colors = np.stack([arr["red"], arr["green"], arr["blue"]], 1).astype(np.uint8)
         elif name == "face":

@@ -78,7 +78,7 @@ def _scene_meta(align: np.ndarray, frames: int) -> str:
     ]) + "\n"
 
 
-def _write_scene(root: str, index: int, spec: SynthSpec, unknown_label: bool) -> str:
+def _write_scene(root: str, index: int, spec: SynthSpec, unknown_label: bool, defects: list[dict]) -> str:
     name = scene_name(index)
     rng = np.random.default_rng([spec.seed, index])
     room = generate_room(rng)
@@ -109,6 +109,8 @@ def _write_scene(root: str, index: int, spec: SynthSpec, unknown_label: bool) ->
         Image.fromarray(color).save(two_d / "color" / f"{20 * k}.jpg", quality=92)
         Image.fromarray(depth).save(two_d / "depth" / f"{20 * k}.png", compress_level=1)
         np.savetxt(two_d / "pose" / f"{20 * k}.txt", unalign @ pose, fmt="%.6f")
+    for d in defects:  # inside the temp folder: a finished scene always carries its defects
+        _inject_frame_defect(tmp, name, d["frame"], d["kind"])
     for sub, final in (("scans", Path(root) / "scans" / name), ("2D", Path(root) / "2D" / name)):
         if final.exists():
             shutil.rmtree(final)
@@ -138,22 +140,19 @@ def _inject_frame_defect(root: Path, scene: str, index: int, kind: str) -> None:
 def _plan_defects(spec: SynthSpec, names: list[str]) -> list[dict]:
     rng = np.random.default_rng([spec.seed, 7919])
     used_frames = [20 * k for k in range(spec.frames) if (20 * k) % 200 == 0]  # hit by both SV and MV
-    plan, taken = [], set()
+    free = [(s, f) for s in names for f in used_frames]
+    plan = []
     for kind in DEFECT_KINDS:
         for _ in range(spec.defects.get(kind, 0)):
             if kind == "missing_scene":
                 plan.append({"kind": kind, "scene": scene_name(spec.scenes + len(plan))})
-                continue
-            scene = names[int(rng.integers(len(names)))]
-            if kind == "unknown_label":
-                plan.append({"kind": kind, "scene": scene})
-                continue
-            free = [f for f in used_frames if (scene, f) not in taken]
-            if not free:
-                raise ValueError(f"not enough frames for {kind}: make the world larger (frames ≥ 200·defects/20)")
-            frame = int(free[int(rng.integers(len(free)))])
-            taken.add((scene, frame))
-            plan.append({"kind": kind, "scene": scene, "frame": frame})
+            elif kind == "unknown_label":
+                plan.append({"kind": kind, "scene": names[int(rng.integers(len(names)))]})
+            else:
+                if not free:
+                    raise ValueError(f"not enough frames for {kind}: make the world larger (frames ≥ 200·defects/20)")
+                scene, frame = free.pop(int(rng.integers(len(free))))
+                plan.append({"kind": kind, "scene": scene, "frame": int(frame)})
     unknown = [d for d in spec.defects if d not in DEFECT_KINDS]
     if unknown:
         raise ValueError(f"unknown defect kinds {unknown}; choose from {', '.join(DEFECT_KINDS)}")
@@ -173,17 +172,21 @@ def write_world(root: str | Path, spec: SynthSpec, workers: int = 1) -> dict:
     plan = _plan_defects(spec, names)
     desc_path = root / "synth_world.json"
     desc = {"spec": asdict(spec), "scenes": names, "defects": plan}
-    if desc_path.is_file() and json.loads(desc_path.read_text()) == desc:
-        return desc  # complete already
+    if desc_path.is_file():
+        stored = json.loads(desc_path.read_text())
+        if {k: stored.get(k) for k in desc} == desc:
+            return stored  # complete already
+        desc_path.unlink()  # another world: every scene is rewritten
+        todo = list(range(spec.scenes))
+    else:  # first run, or resuming an interrupted one: finished scenes are kept
+        todo = [i for i in range(spec.scenes)
+                if not ((root / "scans" / names[i]).is_dir() and (root / "2D" / names[i]).is_dir())]
     unknown_scenes = {d["scene"] for d in plan if d["kind"] == "unknown_label"}
-    todo = [i for i in range(spec.scenes)]
     with ProcessPoolExecutor(max(1, workers)) if workers > 1 else _Inline() as pool:
-        futs = [pool.submit(_write_scene, str(root), i, spec, names[i] in unknown_scenes) for i in todo]
+        futs = [pool.submit(_write_scene, str(root), i, spec, names[i] in unknown_scenes,
+                            [d for d in plan if d.get("scene") == names[i] and "frame" in d]) for i in todo]
         for f in tqdm(futs, desc="synth scenes", unit="scene"):
             f.result()
-    for d in plan:
-        if "frame" in d:
-            _inject_frame_defect(root, d["scene"], d["frame"], d["kind"])
     n_val = 0 if spec.scenes < 2 else max(1, int(round(spec.val_fraction * spec.scenes)))
     splits = {"train": names[: spec.scenes - n_val], "val": names[spec.scenes - n_val:]}
     splits["val"] += [d["scene"] for d in plan if d["kind"] == "missing_scene"]
