@@ -1,0 +1,91 @@
+"""PyTorch datasets over a processed dataset (create_data output on local disk).
+
+SV: one item per frame (read by safetensors slicing, so a frame costs one 560 KB read). MV: one item per
+scene, a clip of `num_frames` consecutive kept frames from a random start, wrapping around the scene
+(ESAM's LoadAdjacentDataFromFile); `num_frames=-1` gives the whole scene in order (evaluation).
+Items are dicts of numpy arrays: coord, color (0..255), instance, semantic (mapped: 0..N-1, N = ignore),
+superpoint, pose; `transform` (a callable over such a dict, with its own Generator) runs last.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from oseg3d.data import processed
+from oseg3d.scannet.labels import class_mapping
+
+__all__ = ["SVFrameDataset", "MVClipDataset", "COLOR_MEAN", "COLOR_STD", "normalize_color"]
+
+COLOR_MEAN = np.array([0.47793, 0.43033, 0.37496], np.float32) * 255
+COLOR_STD = np.array([0.28345, 0.27566, 0.27019], np.float32) * 255
+
+
+def normalize_color(rgb: np.ndarray) -> np.ndarray:
+    """ESAM's NormalizePointsColor_: (rgb − mean) / std with ScanNet statistics."""
+    return (rgb - COLOR_MEAN) / COLOR_STD
+
+
+def _frame_item(arrays: dict, row: int, lut: np.ndarray) -> dict:
+    pts = np.asarray(arrays["points"][row], np.float32)
+    return {
+        "coord": pts[:, :3].copy(), "color": pts[:, 3:].copy(),
+        "instance": np.asarray(arrays["instance"][row], np.int64),
+        "semantic": lut[np.clip(np.asarray(arrays["semantic"][row], np.int64), 0, len(lut) - 1)],
+        "superpoint": np.asarray(arrays["superpoint"][row], np.int64),
+        "pose": np.asarray(arrays["pose"][row], np.float32) if "pose" in arrays else np.eye(4, dtype=np.float32),
+    }
+
+
+class SVFrameDataset(Dataset):
+    """Single-view frames of one split."""
+
+    def __init__(self, root: str, split: str, benchmark: str, transform: Callable | None = None):
+        self.root, self.transform = root, transform
+        self.rows = processed.read_manifest(os.path.join(root, processed.manifest_key(split))).to_pylist()
+        self.lut = class_mapping(benchmark)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.rows[i]
+        arrays = processed.read_frame_slice(os.path.join(self.root, r["data_path"]), r["row"],
+                                            ("points", "instance", "semantic", "superpoint", "pose"))
+        item = {k: v[None] for k, v in arrays.items()}
+        out = _frame_item(item, 0, self.lut)
+        out["pose"] = np.asarray(r["pose_centered"], np.float32).reshape(4, 4)
+        out["sample_id"] = r["sample_id"]
+        return self.transform(out) if self.transform else out
+
+
+class MVClipDataset(Dataset):
+    """Multi-view clips (or whole scenes) of one split."""
+
+    def __init__(self, root: str, split: str, benchmark: str, num_frames: int = 8,
+                 transform: Callable | None = None, seed: int = 0):
+        self.root, self.num_frames, self.transform = root, num_frames, transform
+        self.rows = processed.read_manifest(os.path.join(root, processed.manifest_key(split))).to_pylist()
+        self.lut = class_mapping(benchmark)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def frame_rows(self, i: int) -> list[int]:
+        """Which kept frames item i uses: T consecutive from a random start, wrapping (all, at -1)."""
+        n = self.rows[i]["num_frames"]
+        if self.num_frames < 0:
+            return list(range(n))
+        start = int(self.rng.integers(n))
+        return [(start + k) % n for k in range(self.num_frames)]
+
+    def __getitem__(self, i: int) -> list[dict]:
+        r = self.rows[i]
+        arrays = processed.read_arrays(os.path.join(self.root, r["data_path"]))
+        frames = [_frame_item(arrays, k, self.lut) for k in self.frame_rows(i)]
+        for f in frames:
+            f["sample_id"] = r["scene_id"]
+        return self.transform(frames) if self.transform else frames
