@@ -45,7 +45,7 @@ def test_memory_accumulates_across_frames_and_resets():
     _, st3 = adapter(b[:1], torch.tensor([[9, 9, 9]]), torch.rand(1, 4), st2, 5, 2)  # queue=2 forgets old voxels
     assert len(st3.coord) == 1
     mem = MultilevelMemory(channels=(4, 4, 4, 4))
-    mem([_level([[1, 1, 1]], torch.rand(1, 4))] * 4, torch.zeros(1, 3, dtype=torch.long))
+    mem([_level([[1, 1, 1], [1, 2, 1]], torch.rand(2, 4))] * 4, torch.zeros(1, 3, dtype=torch.long))
     mem.reset()
     assert mem._states == [None] * 4
 
