@@ -17,7 +17,7 @@ from spconv.pytorch import SparseConvTensor
 from torch import nn
 
 from oseg3d.models.scatter import scatter_max, scatter_mean
-from oseg3d.models.sparse import algo_for, set_conv_algo
+from oseg3d.models.sparse import algo_for, fp16_region, set_conv_algo
 
 __all__ = ["MemoryAdapter", "MultilevelMemory", "voxel_keys"]
 
@@ -123,11 +123,17 @@ class MultilevelMemory(nn.Module):
             origin: (B, 3) absolute stride-1 voxel coordinate of each sample's index origin.
         """
         out = []
+        with fp16_region(self):
+            out = self._adapt(feats, origin)
+        self._t += 1
+        return out
+
+    def _adapt(self, feats: list[SparseConvTensor], origin: torch.Tensor) -> list[SparseConvTensor]:
+        out = []
         for lvl, (x, adapter) in enumerate(zip(feats, self.adapters)):
             stride = 2 ** (lvl + 1)
             b = x.indices[:, 0].long()
             xyz = x.indices[:, 1:].long() + torch.div(origin, stride, rounding_mode="floor")[b]
             f, self._states[lvl] = adapter(b, xyz, x.features, self._states[lvl], self._t, self.queue)
             out.append(x.replace_feature(f))
-        self._t += 1
         return out

@@ -16,7 +16,7 @@ import torch
 from spconv.pytorch import SparseConvTensor
 from torch import nn
 
-from oseg3d.models.sparse import SparseBNReLU, algo_for, fapply, set_conv_algo
+from oseg3d.models.sparse import SparseBNReLU, algo_for, fp16_region, set_conv_algo
 
 __all__ = ["Res16UNet34C", "BasicBlock", "PLANES", "LAYERS"]
 
@@ -84,20 +84,23 @@ class Res16UNet34C(nn.Module):
     def encode(self, x: SparseConvTensor) -> tuple[SparseConvTensor, list[SparseConvTensor]]:
         """Stem + encoder. Returns (stem output, [stride 2, 4, 8, 16 outputs])."""
         self._sync_algo(x.features.device)
-        stem = self.stem_bn(self.stem(x))
-        feats, out = [], stem
-        for down, bn, stage in zip(self.downs, self.down_bns, self.enc):
-            out = stage(bn(down(out)))
-            feats.append(out)
+        x = x.replace_feature(x.features.to(self.stem.weight.dtype))  # fp16 weights at inference: fp16 in
+        with fp16_region(self):
+            stem = self.stem_bn(self.stem(x))
+            feats, out = [], stem
+            for down, bn, stage in zip(self.downs, self.down_bns, self.enc):
+                out = stage(bn(down(out)))
+                feats.append(out)
         return stem, feats
 
     def decode(self, stem: SparseConvTensor, feats: list[SparseConvTensor]) -> SparseConvTensor:
         """Decoder over (possibly memory-adapted) encoder outputs → stride-1 features."""
         skips = [feats[2], feats[1], feats[0], stem]
         out = feats[3]
-        for up, bn, stage, skip in zip(self.ups, self.up_bns, self.dec, skips):
-            out = bn(up(out))
-            out = stage(out.replace_feature(torch.cat([out.features, skip.features], 1)))
+        with fp16_region(self):
+            for up, bn, stage, skip in zip(self.ups, self.up_bns, self.dec, skips):
+                out = bn(up(out))
+                out = stage(out.replace_feature(torch.cat([out.features, skip.features], 1)))
         return out
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:

@@ -6,13 +6,16 @@ algorithm is switched for the whole model at once, the first time it sees a tens
 """
 from __future__ import annotations
 
+import contextlib
+import math
+
 import torch
 from spconv.core import ConvAlgo
 from spconv.pytorch import SparseConvTensor
 from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
-__all__ = ["fapply", "SparseBNReLU", "algo_for", "set_conv_algo", "ConvAlgo"]
+__all__ = ["fapply", "SparseBNReLU", "algo_for", "set_conv_algo", "ConvAlgo", "half_sparse_for_inference", "fp16_region"]
 
 
 def fapply(x: SparseConvTensor, fn) -> SparseConvTensor:
@@ -39,7 +42,34 @@ def algo_for(device: torch.device | str) -> ConvAlgo:
 
 
 def set_conv_algo(module: nn.Module, algo: ConvAlgo) -> None:
-    """Set the algorithm of every spconv convolution inside `module`."""
+    """Set the algorithm of every spconv convolution inside `module`.
+
+    Kernels of more than 32 taps (the 5³ stem) stay on Native: spconv ships no prebuilt implicit-GEMM
+    kernels for them and would try to compile one with NVRTC at run time (spconv's own default).
+    """
     for m in module.modules():
         if isinstance(m, SparseConvolution):
-            m.algo = algo
+            m.algo = algo if math.prod(m.kernel_size) <= 32 else ConvAlgo.Native
+
+
+def half_sparse_for_inference(model: nn.Module) -> nn.Module:
+    """Cast the sparse parts (backbone, memory) to fp16 for mixed-precision inference on the GPU.
+
+    In training spconv casts its inputs to fp16 under autocast itself; its inference path does not,
+    and has kernels for fp16/fp32 only (bf16 finds none), so eval under autocast needs the sparse
+    weights in fp16. The dense parts stay in fp32 under autocast. Mutates and returns `model`.
+    """
+    for name in ("backbone", "memory"):
+        part = getattr(model, name, None)
+        if part is not None:
+            part.half()
+    return model
+
+
+def fp16_region(module: nn.Module):
+    """Autocast off inside a module cast by `half_sparse_for_inference` (it is fp16 end to end, and
+    bf16 autocast would otherwise hand its fp16 BatchNorms bf16 Linear outputs); a no-op otherwise."""
+    p = next(module.parameters(), None)
+    if p is not None and p.dtype == torch.float16:
+        return torch.autocast(p.device.type, enabled=False)
+    return contextlib.nullcontext()
