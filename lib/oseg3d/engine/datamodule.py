@@ -1,0 +1,69 @@
+"""Data loading for training: datasets + augmentations + collate in DataLoaders built for throughput.
+
+Persistent workers, pinned memory and prefetching keep the GPU fed; each worker draws augmentations
+from its own Generator (seeded from the worker's torch seed), so runs are reproducible per seed.
+"""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from oseg3d.data.collate import collate_clips, collate_frames
+from oseg3d.data.datasets import MVClipDataset, SVFrameDataset
+
+__all__ = ["ESAMDataModule", "WorkerRng"]
+
+
+class WorkerRng:
+    """Calls `transform(item, rng)` with a generator private to the current DataLoader worker."""
+
+    def __init__(self, transform):
+        self.transform, self._rng, self._key = transform, None, None
+
+    def __call__(self, item):
+        info = torch.utils.data.get_worker_info()
+        key = (info.id, info.seed) if info else (None, torch.initial_seed())
+        if self._rng is None or key != self._key:
+            self._rng, self._key = np.random.default_rng(key[1] % 2**63), key
+        return self.transform(item, self._rng)
+
+
+class ESAMDataModule(L.LightningDataModule):
+    """Train / val loaders of one processed dataset (SV frames or MV clips)."""
+
+    def __init__(self, root: str, benchmark: str, mode: str, batch_size: int, num_frames: int = 8,
+                 num_workers: int = 4, elastic: bool = True, val_max_items: int = 0, seed: int = 0):
+        super().__init__()
+        self.root, self.benchmark, self.mode = root, benchmark, mode
+        self.batch_size, self.num_frames, self.num_workers = batch_size, num_frames, num_workers
+        self.elastic, self.val_max_items, self.seed = elastic, val_max_items, seed
+
+    def setup(self, stage: str | None = None) -> None:
+        from oseg3d.data.transforms import build_train_transforms
+
+        tf = WorkerRng(build_train_transforms(self.mode, elastic=self.elastic))
+        if self.mode == "sv":
+            self.train_set = SVFrameDataset(self.root, "train", self.benchmark, transform=tf)
+            self.val_set = SVFrameDataset(self.root, "val", self.benchmark)
+        else:
+            self.train_set = MVClipDataset(self.root, "train", self.benchmark, self.num_frames, transform=tf, seed=self.seed)
+            self.val_set = MVClipDataset(self.root, "val", self.benchmark, num_frames=-1)
+        if self.val_max_items:
+            self.val_set = Subset(self.val_set, range(min(self.val_max_items, len(self.val_set))))
+
+    def _loader(self, ds, batch_size, shuffle, collate):
+        workers = self.num_workers
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                          prefetch_factor=4 if workers > 0 else None, drop_last=shuffle and len(ds) > batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, True, collate_frames if self.mode == "sv" else collate_clips)
+
+    def val_dataloader(self) -> DataLoader:
+        # SV: frames in batches; MV: one whole scene per item, streamed frame by frame by the validator
+        if self.mode == "sv":
+            return self._loader(self.val_set, self.batch_size, False, collate_frames)
+        return self._loader(self.val_set, 1, False, lambda items: items[0])

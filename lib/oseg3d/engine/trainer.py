@@ -1,0 +1,107 @@
+"""`fit`: one training run from a resolved config, resumable after a kill.
+
+Run folder (local):
+    config.yaml               the resolved config
+    checkpoints/*.ckpt        top-k by the monitored validation metric + last.ckpt (for resume)
+    metrics.csv               loss terms, lr, data / iteration time, GPU memory every `log_every` steps
+    model_best.safetensors    best weights (pickle-free hand-off to transfer / evaluate)
+    model_last.safetensors
+    summary.json              best score, steps, where things are
+
+A rerun in the same folder resumes from `checkpoints/last.ckpt` (loaded with weights_only=True).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from oseg3d.configs import ExperimentConfig, save_config
+from oseg3d.engine.datamodule import ESAMDataModule
+from oseg3d.engine.lit_module import ESAMLitModule
+from oseg3d.engine.weights import LoadReport, load_state_dict, partial_load, save_weights
+from oseg3d.models.build import build_model
+
+__all__ = ["fit"]
+
+
+def _precision(cfg: ExperimentConfig) -> str:
+    if torch.cuda.is_available():
+        return cfg.train.precision
+    return "32-true"  # no mixed precision on the CPU (spconv's CPU path is fp32)
+
+
+class _FlatCSVLogger(CSVLogger):
+    """CSVLogger writing `<run>/metrics.csv` directly (no version sub-folders), appending on resume."""
+
+    @property
+    def log_dir(self) -> str:
+        return self.root_dir
+
+
+def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | None = None) -> dict:
+    """Train `cfg` in `run_dir` (resuming if it holds a last checkpoint); returns the summary.
+
+    Args:
+        cfg: resolved experiment config (`cfg.data.root` must point at a processed dataset).
+        run_dir: local run folder.
+        validator: metric collector for validation (see lit_module); None disables validation.
+        init_state: weights to partially load before training (already mapped by the caller), or None
+            to use `cfg.init.checkpoint` with `cfg.init.mapping`.
+    """
+    run = Path(run_dir)
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "config.yaml")
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    model = build_model(cfg.model)
+    report: LoadReport | None = None
+    if init_state is not None:
+        report = partial_load(model, init_state, {}, "init weights")
+    elif cfg.init.checkpoint:
+        report = partial_load(model, load_state_dict(cfg.init.checkpoint), dict(cfg.init.mapping), cfg.init.checkpoint)
+    if report is not None:
+        (run / "init_report.md").write_text(report.markdown() + "\n")
+
+    d = cfg.data
+    dm = ESAMDataModule(d.root, d.benchmark, d.mode, d.batch_size, d.num_frames, d.num_workers, d.elastic,
+                        d.val_max_items, cfg.train.seed)
+    lit = ESAMLitModule(model, d.mode, cfg.optim, cfg.schedule, validator, cfg.train.log_every)
+    monitor = cfg.train.monitor if validator is not None else None
+    ckpt = ModelCheckpoint(dirpath=run / "checkpoints", monitor=monitor, mode="max", save_top_k=cfg.train.keep_checkpoints if monitor else 0,
+                           save_last=True, filename="epoch{epoch:03d}-step{step:06d}", auto_insert_metric_name=False)
+    trainer = L.Trainer(
+        default_root_dir=str(run), max_epochs=cfg.schedule.epochs, max_steps=cfg.train.max_steps,
+        accelerator=cfg.train.accelerator, devices=cfg.train.devices, precision=_precision(cfg),
+        gradient_clip_val=cfg.optim.clip_grad, log_every_n_steps=cfg.train.log_every,
+        check_val_every_n_epoch=cfg.train.val_every_epochs, num_sanity_val_steps=0,
+        limit_val_batches=1.0 if validator is not None else 0, callbacks=[ckpt, TQDMProgressBar(refresh_rate=10)],
+        logger=_FlatCSVLogger(str(run), name="", version=""), enable_model_summary=False,
+        use_distributed_sampler=True,
+    )
+    last = run / "checkpoints" / "last.ckpt"
+    trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
+    summary = {"global_step": trainer.global_step, "epochs": trainer.current_epoch,
+               "best_score": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+               "monitor": monitor, "init": report.summary() if report else None}
+    if trainer.is_global_zero:
+        _export(run, ckpt, lit, summary)
+    return summary
+
+
+def _export(run: Path, ckpt: ModelCheckpoint, lit: ESAMLitModule, summary: dict) -> None:
+    """Best and last weights as safetensors (the hand-off format), summary.json last."""
+    save_weights(lit.model.state_dict(), str(run / "model_last.safetensors"))
+    best = ckpt.best_model_path
+    if best and os.path.isfile(best):
+        save_weights(load_state_dict(best), str(run / "model_best.safetensors"))
+    else:  # no validation metric: the last weights are the best we have
+        shutil.copyfile(run / "model_last.safetensors", run / "model_best.safetensors")
+    tmp = run / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run / "summary.json")
