@@ -12,6 +12,7 @@ A rerun in the same folder resumes from `checkpoints/last.ckpt` (loaded with wei
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from oseg3d.engine.lit_module import ESAMLitModule
 from oseg3d.engine.weights import LoadReport, load_state_dict, partial_load, save_weights
 from oseg3d.models.build import build_model
 
-__all__ = ["fit"]
+__all__ = ["fit", "merge_metrics"]
 
 
 def _precision(cfg: ExperimentConfig) -> str:
@@ -38,11 +39,41 @@ def _precision(cfg: ExperimentConfig) -> str:
 
 
 class _FlatCSVLogger(CSVLogger):
-    """CSVLogger writing `<run>/metrics.csv` directly (no version sub-folders), appending on resume."""
+    """CSVLogger writing straight into its folder (no version sub-folders)."""
 
     @property
     def log_dir(self) -> str:
         return self.root_dir
+
+
+def _attempt_dir(run: Path) -> Path:
+    """A fresh log folder per (re)start: Lightning's CSV writer deletes an existing metrics.csv."""
+    logs = run / "logs"
+    n = len(list(logs.glob("attempt*"))) if logs.is_dir() else 0
+    return logs / f"attempt{n:02d}"
+
+
+def merge_metrics(run: Path) -> Path:
+    """`<run>/metrics.csv`: every attempt's rows in order; rows a restart redid (steps at or after the
+    next attempt's first step) come from the later attempt."""
+    attempts = sorted((run / "logs").glob("attempt*/metrics.csv"))
+    tables = []
+    for f in attempts:
+        with open(f, newline="") as fh:
+            tables.append(list(csv.DictReader(fh)))
+    rows, keys = [], []
+    for i, t in enumerate(tables):
+        nxt = next((int(r["step"]) for r in tables[i + 1][:1]), None) if i + 1 < len(tables) else None
+        rows += [r for r in t if nxt is None or int(r["step"]) < nxt]
+        keys += [k for r in t[:1] for k in r if k not in keys]
+    out = run / "metrics.csv"
+    tmp = out.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=sorted(keys, key=lambda k: (k not in ("epoch", "step"), k)))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, out)
+    return out
 
 
 def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | None = None) -> dict:
@@ -81,7 +112,7 @@ def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | 
         gradient_clip_val=cfg.optim.clip_grad, log_every_n_steps=cfg.train.log_every,
         check_val_every_n_epoch=cfg.train.val_every_epochs, num_sanity_val_steps=0,
         limit_val_batches=1.0 if validator is not None else 0, callbacks=[ckpt, TQDMProgressBar(refresh_rate=10)],
-        logger=_FlatCSVLogger(str(run), name="", version=""), enable_model_summary=False,
+        logger=_FlatCSVLogger(str(_attempt_dir(run)), name="", version=""), enable_model_summary=False,
         use_distributed_sampler=True,
     )
     last = run / "checkpoints" / "last.ckpt"
@@ -90,6 +121,7 @@ def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | 
                "best_score": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
                "monitor": monitor, "init": report.summary() if report else None}
     if trainer.is_global_zero:
+        merge_metrics(run)
         _export(run, ckpt, lit, summary)
     return summary
 
