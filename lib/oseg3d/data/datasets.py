@@ -69,7 +69,17 @@ class MVClipDataset(Dataset):
         self.root, self.num_frames, self.transform = root, num_frames, transform
         self.rows = processed.read_manifest(os.path.join(root, processed.manifest_key(split))).to_pylist()
         self.lut = class_mapping(benchmark)
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self._rng, self._rng_key = None, None
+
+    def _generator(self) -> np.random.Generator:
+        """Clip starts drawn per process: forked DataLoader workers must not replay the parent's stream."""
+        import torch
+
+        key = (os.getpid(), torch.initial_seed())
+        if self._rng is None or key != self._rng_key:
+            self._rng, self._rng_key = np.random.default_rng([self.seed, key[1]]), key
+        return self._rng
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -79,7 +89,7 @@ class MVClipDataset(Dataset):
         n = self.rows[i]["num_frames"]
         if self.num_frames < 0:
             return list(range(n))
-        start = int(self.rng.integers(n))
+        start = int(self._generator().integers(n))
         return [(start + k) % n for k in range(self.num_frames)]
 
     def __getitem__(self, i: int) -> list[dict]:

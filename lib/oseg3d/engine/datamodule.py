@@ -6,28 +6,14 @@ from its own Generator (seeded from the worker's torch seed), so runs are reprod
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from oseg3d.data.collate import collate_clips, collate_frames
 from oseg3d.data.datasets import MVClipDataset, SVFrameDataset
+from oseg3d.data.transforms import WithRng, build_train_transforms
 
-__all__ = ["ESAMDataModule", "WorkerRng"]
-
-
-class WorkerRng:
-    """Calls `transform(item, rng)` with a generator private to the current DataLoader worker."""
-
-    def __init__(self, transform):
-        self.transform, self._rng, self._key = transform, None, None
-
-    def __call__(self, item):
-        info = torch.utils.data.get_worker_info()
-        key = (info.id, info.seed) if info else (None, torch.initial_seed())
-        if self._rng is None or key != self._key:
-            self._rng, self._key = np.random.default_rng(key[1] % 2**63), key
-        return self.transform(item, self._rng)
+__all__ = ["ESAMDataModule"]
 
 
 class ESAMDataModule(L.LightningDataModule):
@@ -41,9 +27,7 @@ class ESAMDataModule(L.LightningDataModule):
         self.elastic, self.val_max_items, self.seed = elastic, val_max_items, seed
 
     def setup(self, stage: str | None = None) -> None:
-        from oseg3d.data.transforms import build_train_transforms
-
-        tf = WorkerRng(build_train_transforms(self.mode, elastic=self.elastic))
+        tf = WithRng(build_train_transforms(self.mode, elastic=self.elastic), self.seed)
         if self.mode == "sv":
             self.train_set = SVFrameDataset(self.root, "train", self.benchmark, transform=tf)
             self.val_set = SVFrameDataset(self.root, "val", self.benchmark)

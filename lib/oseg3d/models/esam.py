@@ -55,8 +55,10 @@ class ESAM(nn.Module):
     def extract(self, batch: PointBatch, use_memory: bool = False) -> FrameFeatures:
         """Backbone (+ memory) → point features → superpoint features, split per frame."""
         bidx = batch.batch_index
-        vox = voxelize(batch.voxel_coord if batch.voxel_coord is not None else batch.coord, batch.feat, bidx,
-                       batch.num_frames, self.voxel_size)
+        # ESAM feeds the elastic-distorted coordinates (when training) to the voxeliser, the pooling and
+        # the point-mask features alike (mixformer3d.extract_feat)
+        xyz = batch.voxel_coord if batch.voxel_coord is not None else batch.coord
+        vox = voxelize(xyz, batch.feat, bidx, batch.num_frames, self.voxel_size)
         x = SparseConvTensor(vox.features, vox.indices, vox.spatial_shape, vox.batch_size)
         stem, enc = self.backbone.encode(x)
         if use_memory and self.memory is not None:
@@ -66,9 +68,9 @@ class ESAM(nn.Module):
         n_sp = torch.stack([s.max() + 1 for s in batch.split(batch.superpoint)])
         sp_base = torch.cumsum(n_sp, 0) - n_sp
         sp_global = batch.superpoint + sp_base[bidx]
-        sp_feat, sp_xyz, _ = self.pooling(batch.coord, point_feat, sp_global, int(n_sp.sum()))
+        sp_feat, sp_xyz, _ = self.pooling(xyz, point_feat, sp_global, int(n_sp.sum()))
         counts = n_sp.tolist()
-        pf = torch.cat([batch.coord.to(point_feat.dtype), point_feat], 1)
+        pf = torch.cat([xyz.to(point_feat.dtype), point_feat], 1)
         return FrameFeatures(list(torch.split(sp_feat, counts)), list(torch.split(sp_xyz, counts)),
                              batch.split(pf), batch.split(batch.superpoint))
 
@@ -108,7 +110,7 @@ class ESAM(nn.Module):
         per_clip = []
         for b in range(num_clips):
             frames = [_select_frame(c, b) for c in clips]
-            coord = torch.cat([f.coord for f in frames])
+            coord = torch.cat([f.coord if f.voxel_coord is None else f.voxel_coord for f in frames])
             inst = torch.cat([f.instance for f in frames])
             boxes = instance_boxes(coord, inst)
             per_clip.append(build_targets([f.instance for f in frames], [f.semantic for f in frames],
