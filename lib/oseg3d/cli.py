@@ -88,6 +88,98 @@ def create_data_cmd(
     typer.echo(f"report: {out.rstrip('/')}/report.md")
 
 
+def _local_dataset(uri: str, cache: str) -> str:
+    """Training reads local files: an s3:// dataset is downloaded (skipping files already there)."""
+    from oseg3d import storage
+
+    if not storage.is_s3(uri):
+        return uri
+    storage.download_tree(uri, cache, workers=8, skip_existing=True)
+    return cache
+
+
+def _sync_out(local: str, uri: str) -> None:
+    from oseg3d import storage
+
+    if storage.is_s3(uri):
+        storage.upload_tree(local, uri, workers=8)
+
+
+def _parse_mapping(items: list[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        src, sep, dst = it.partition("=")
+        if not sep:
+            _fail(OsegError(it, "mapping is not SRC=DST", "write e.g. --map backbone.=bi_encoder.backbone3d."))
+        out[src] = dst
+    return out
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def train(
+    ctx: typer.Context,
+    config: str = typer.Argument(..., help="Config name (e.g. ESAM_sv_3d_scannet) or YAML path; key=value overrides follow."),
+    data: str = typer.Option(..., help="Processed dataset (create-data output), folder or s3://."),
+    work_dir: str = typer.Option(..., help="Run folder (or s3:// prefix, synced at the end)."),
+    init: Optional[str] = typer.Option(None, help="Init weights (a transfer's init.safetensors)."),
+    resume: bool = typer.Option(True, help="Continue from work-dir's last checkpoint if there is one."),
+    no_val: bool = typer.Option(False, help="Skip validation (keeps last weights as best)."),
+) -> None:
+    """Train a model; a rerun with --resume continues from the last checkpoint."""
+    import shutil
+
+    from oseg3d.steps import train as train_step
+
+    local_run = work_dir if not work_dir.startswith("s3://") else os.path.join(tempfile.gettempdir(), "oseg3d-run")
+    if not resume and os.path.isdir(os.path.join(local_run, "checkpoints")):
+        shutil.rmtree(os.path.join(local_run, "checkpoints"))
+    try:
+        root = _local_dataset(data, os.path.join(tempfile.gettempdir(), "oseg3d-data"))
+        summary = train_step.run(config, root, local_run, overrides=list(ctx.args), init=init, validate=not no_val)
+        _sync_out(local_run, work_dir)
+    except OsegError as e:
+        _fail(e)
+    typer.echo(json.dumps(summary))
+
+
+@app.command()
+def transfer(
+    source: str = typer.Option(..., help="Source weights (model_best.safetensors or a .ckpt)."),
+    target_config: str = typer.Option(..., help="Config of the model to initialise."),
+    out: str = typer.Option(..., help="Folder for init.safetensors and transfer_report.md."),
+    map: list[str] = typer.Option([], help="Prefix mapping SRC=DST (repeatable); none = same names."),
+) -> None:
+    """Build a target model's init weights from a source checkpoint by key mapping, with a report."""
+    from oseg3d.steps import transfer as transfer_step
+
+    try:
+        summary = transfer_step.run(source, target_config, out, _parse_mapping(map))
+    except OsegError as e:
+        _fail(e)
+    typer.echo(json.dumps(summary))
+
+
+@app.command(context_settings={"allow_extra_args": True})
+def evaluate(
+    ctx: typer.Context,
+    config: str = typer.Argument(..., help="Config name or YAML path; key=value overrides follow."),
+    data: str = typer.Option(..., help="Processed dataset (its val split is scored)."),
+    checkpoint: str = typer.Option(..., help="Model weights, or 'random-init' for the chance baseline."),
+    out: str = typer.Option(..., help="Folder for metrics.json, report.md, plots."),
+    max_items: int = typer.Option(0, help="Score only the first N frames / scenes (0 = all)."),
+) -> None:
+    """Evaluate a model (SV: per frame; MV: online, on the mesh) and write metrics and a report."""
+    from oseg3d.steps import evaluate as evaluate_step
+
+    try:
+        root = _local_dataset(data, os.path.join(tempfile.gettempdir(), "oseg3d-data"))
+        metrics = evaluate_step.run(config, root, checkpoint, out, overrides=list(ctx.args), max_items=max_items)
+    except OsegError as e:
+        _fail(e)
+    typer.echo(json.dumps(metrics))
+    typer.echo(f"report: {out.rstrip('/')}/report.md")
+
+
 @app.command("local-run")
 def local_run(
     work: str = typer.Option("runs/local", help="Working folder for the world and datasets."),

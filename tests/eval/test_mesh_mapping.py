@@ -15,7 +15,8 @@ def _line(*xs):
 # Segment 10: x = 0, 1, 2; segment 20: x = 10, 11, 12; segment 30 (4 vertices): x = 20..23.
 MESH = _line(0, 1, 2, 10, 11, 12, 20, 21, 22, 23)
 SEGMENTS = np.array([10, 10, 10, 20, 20, 20, 30, 30, 30, 30])
-# Frame points f0..f6; nearest: v0→f0, v1→f1, v2→f2, v10→f3, v11→f4, v12→f4, v20→f5, v21→f5, v22→f6, v23→f6
+# Frame points f0..f6. Nearest: v0→f0, v1→f1, v2→f2, v10→f3, v11→f4, v12→f4, v20→f5, v21→f5,
+# v22→f6, v23→f6.
 FRAME = _line(0.1, 1.1, 2.2, 10.1, 11.6, 20.0, 22.9)
 NN = [0, 1, 2, 3, 4, 4, 5, 5, 6, 6]
 

@@ -63,7 +63,8 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    """Trainer settings."""
+    """Trainer settings. `ckpt_every_steps`: also refresh last.ckpt this often (0 = epoch ends only), so a
+    killed run loses at most that many steps."""
 
     precision: str = "bf16-mixed"
     log_every: int = 50
@@ -71,6 +72,7 @@ class TrainConfig:
     monitor: str = "val/all_ap_50%"
     val_every_epochs: int = 1
     max_steps: int = -1
+    ckpt_every_steps: int = 200
     seed: int = 0
     accelerator: str = "auto"
     devices: int = 1

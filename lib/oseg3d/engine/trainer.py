@@ -106,12 +106,16 @@ def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | 
     monitor = cfg.train.monitor if validator is not None else None
     ckpt = ModelCheckpoint(dirpath=run / "checkpoints", monitor=monitor, mode="max", save_top_k=cfg.train.keep_checkpoints if monitor else 0,
                            save_last=True, filename="epoch{epoch:03d}-step{step:06d}", auto_insert_metric_name=False)
+    callbacks = [ckpt, TQDMProgressBar(refresh_rate=10)]
+    if cfg.train.ckpt_every_steps > 0:  # mid-epoch last.ckpt, so a kill loses at most this many steps
+        callbacks.append(ModelCheckpoint(dirpath=run / "checkpoints", save_top_k=0, save_last=True,
+                                         every_n_train_steps=cfg.train.ckpt_every_steps))
     trainer = L.Trainer(
         default_root_dir=str(run), max_epochs=cfg.schedule.epochs, max_steps=cfg.train.max_steps,
         accelerator=cfg.train.accelerator, devices=cfg.train.devices, precision=_precision(cfg),
         gradient_clip_val=cfg.optim.clip_grad, log_every_n_steps=cfg.train.log_every,
         check_val_every_n_epoch=cfg.train.val_every_epochs, num_sanity_val_steps=0,
-        limit_val_batches=1.0 if validator is not None else 0, callbacks=[ckpt, TQDMProgressBar(refresh_rate=10)],
+        limit_val_batches=1.0 if validator is not None else 0, callbacks=callbacks,
         logger=_FlatCSVLogger(str(_attempt_dir(run)), name="", version=""), enable_model_summary=False,
         use_distributed_sampler=True,
     )

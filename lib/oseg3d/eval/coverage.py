@@ -82,14 +82,15 @@ def _room(masks: np.ndarray, labels: np.ndarray, instance: np.ndarray, semantic:
 def _evaluate(preds, gt_instances, gt_semantics, class_ids, class_names, agnostic) -> dict:
     if not len(preds) == len(gt_instances) == len(gt_semantics):
         raise ValueError(f"{len(preds)} predicted rooms, {len(gt_instances)} / {len(gt_semantics)} GT rooms")
-    eval_ids = (OBJECT_ID,) if agnostic else tuple(class_ids)
+    eval_ids = np.array((OBJECT_ID,) if agnostic else class_ids, np.int64)
     cov = [[] for _ in eval_ids]
     wcov = [[] for _ in eval_ids]
     tp, fp, n_gt = (np.zeros(len(eval_ids), np.int64) for _ in range(3))
     for pred, inst, sem in zip(preds, gt_instances, gt_semantics):
         iou, pred_class, gt_class, gt_size = _room(pred[0], pred[1], inst, sem, np.asarray(class_ids), agnostic)
-        for c, cid in enumerate(eval_ids):
-            g, p = gt_class == cid, pred_class == cid
+        present = np.union1d(gt_class, pred_class)
+        for c in np.flatnonzero(np.isin(eval_ids, present)):  # classes absent from the room add nothing
+            g, p = gt_class == eval_ids[c], pred_class == eval_ids[c]
             n_gt[c] += g.sum()
             if g.any():
                 best = iou[np.ix_(p, g)].max(0, initial=0.0)

@@ -117,6 +117,7 @@ class _SceneStats:
 
 def _scene_stats(pred: SceneInstances, gt_ids: np.ndarray, class_ids: np.ndarray,
                  min_region_size: int) -> _SceneStats:
+    """Counts and IoUs of one scene, as the script's `assign_instances_for_scan` collects them."""
     gt_ids = np.asarray(gt_ids, np.int64).ravel()
     masks = as_mask_stack(pred.masks, len(gt_ids))
     labels = np.asarray(pred.labels, np.int64).reshape(-1)

@@ -68,6 +68,7 @@ class OnlineSegmenter:
             n_sp = int(frame.superpoint.max()) + 1
             sp_feat, sp_xyz, _ = m.pooling(frame.coord, pf, frame.superpoint, n_sp)
             pred = m.decoder([sp_feat], [torch.cat([frame.coord.to(pf.dtype), pf], 1)], [frame.superpoint], None, [sp_xyz])
+        self.last_prediction = pred  # the raw decoder output of this frame (semantic heads, for evaluation)
         c = self.cfg
         with t("postprocess"):
             fp = postprocess_frame(pred["cls_preds"][0].float(), pred["masks"][0].float(), class_agnostic=m.class_agnostic,

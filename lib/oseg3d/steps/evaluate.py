@@ -1,0 +1,100 @@
+"""Evaluate step: a trained model on a processed dataset's val split → metrics, Markdown report, plot.
+
+SV: per-frame AP / mIoU / mCov...; MV: scenes streamed online and scored on the mesh. Writes
+`metrics.json` (flat scalars), `metrics_full.json` (per class), `report.md`, `confusion.json` (semantic
+confusion matrix, for a KFP ClassificationMetrics artifact) and `per_class_ap.png`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from oseg3d.data.collate import collate_frames
+from oseg3d.data.datasets import MVClipDataset, SVFrameDataset
+from oseg3d.engine.weights import load_state_dict, partial_load
+from oseg3d.eval.report import ap_table_markdown, summary_markdown
+from oseg3d.models.build import build_model
+from oseg3d.models.sparse import half_sparse_for_inference
+from oseg3d.steps.train import make_validator, resolve_config
+
+__all__ = ["run"]
+
+
+def run(config: str, dataset: str, model_weights: str, out_dir: str, overrides: list[str] | None = None,
+        max_items: int = 0, device: str | None = None) -> dict:
+    """Evaluate; returns the flat metrics (also written under `out_dir`).
+
+    `model_weights="random-init"` evaluates an untrained model: the chance baseline a trained model's
+    numbers should be read against (always labelled as such in the report).
+    """
+    cfg = resolve_config(config, dataset, overrides)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    if model_weights != "random-init":
+        partial_load(model, load_state_dict(model_weights), {}, model_weights)
+    model.to(dev).eval()
+    if dev.type == "cuda":
+        half_sparse_for_inference(model)
+    validator = make_validator(cfg)
+    validator.reset()
+    d = cfg.data
+    if d.mode == "sv":
+        ds = SVFrameDataset(dataset, "val", d.benchmark)
+        ds = Subset(ds, range(min(max_items, len(ds)))) if max_items else ds
+        batches = DataLoader(ds, batch_size=4, num_workers=min(4, d.num_workers), collate_fn=collate_frames)
+        to_dev = lambda b: {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()}  # noqa: E731
+        items = (to_dev(b) for b in batches)
+    else:
+        ds = MVClipDataset(dataset, "val", d.benchmark, num_frames=-1)
+        items = (ds[i] for i in range(min(max_items, len(ds)) if max_items else len(ds)))
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    with amp:
+        for item in items:
+            validator.update(model, item)
+    metrics = validator.compute()
+    _write(Path(out_dir), f"{cfg.name} ({model_weights})", metrics, validator.last)
+    return metrics
+
+
+def _write(out: Path, name: str, metrics: dict, full: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    (out / "metrics.json").write_text(json.dumps(clean, indent=2))
+    (out / "metrics_full.json").write_text(json.dumps(full, indent=2, default=_jsonable))
+    sem = full["semantic"]
+    (out / "confusion.json").write_text(json.dumps({"labels": list(sem["classes"]), "matrix": sem["confusion"]},
+                                                   default=_jsonable))
+    md = f"# Evaluation: {name}\n\n" + summary_markdown(metrics) + "\n\n## Instance AP per class\n\n"
+    md += ap_table_markdown(full["ap"]) + "\n"
+    (out / "report.md").write_text(md)
+    _plot_ap(full["ap"], out / "per_class_ap.png")
+
+
+def _jsonable(o):
+    """numpy arrays and scalars for json (NaN → null is left to the reader's float parsing)."""
+    return o.tolist() if hasattr(o, "tolist") else float(o)
+
+
+def _plot_ap(ap: dict, path: Path) -> None:
+    """Bar chart of per-class AP50 (classes with GT only)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plots are a convenience; metrics and report are already written
+        return
+    items = [(k, v["ap50%"]) for k, v in ap["classes"].items() if not math.isnan(v["ap50%"])]
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(items)), 3))
+    ax.bar([k for k, _ in items], [100 * v for _, v in items])
+    ax.set_ylabel("AP50 (%)")
+    ax.set_ylim(0, 100)
+    ax.tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
