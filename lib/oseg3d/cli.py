@@ -182,28 +182,28 @@ def evaluate(
 
 @app.command("local-run")
 def local_run(
-    work: str = typer.Option("runs/local", help="Working folder for the world and datasets."),
+    work: str = typer.Option("runs/local", help="Working folder for the world, datasets, runs and reports."),
     raw: Optional[str] = typer.Option(None, help="Raw ScanNet root; default: synthesise a small world."),
+    benchmark: str = typer.Option("scannet200", help="scannet200 (class-agnostic, ESAM's) | scannet."),
     scenes: int = typer.Option(3), frames: int = typer.Option(41), workers: int = typer.Option(2),
+    val_fraction: float = typer.Option(0.34),
+    sv_set: list[str] = typer.Option([], help="SV config override key=value (repeatable)."),
+    mv_set: list[str] = typer.Option([], help="MV config override key=value (repeatable)."),
+    quick: bool = typer.Option(True, help="CPU-sized run: a few steps, small batches."),
+    eval_items: int = typer.Option(0, help="Evaluate only the first N val frames / scenes (0 = all)."),
 ) -> None:
-    """The main job on one machine: (synthesise a world and) create all four datasets."""
-    from oseg3d.data.create_data import CreateDataParams, create_data
-    from oseg3d.scannet.synth import SynthSpec, write_world
+    """Route 1 end to end on this machine: world, datasets, SV training, transfer, MV training, evaluation."""
+    from oseg3d.localrun import run_route1
 
-    raw_root = raw or os.path.join(work, "raw")
+    quick_sv = ["train.max_steps=4", "data.batch_size=2", "data.num_workers=0", "schedule.warmup_iters=2"]
+    quick_mv = ["train.max_steps=2", "data.batch_size=1", "data.num_frames=4", "data.num_workers=0",
+                "schedule.warmup_iters=1"]
     try:
-        if raw is None:
-            write_world(raw_root, SynthSpec(scenes=scenes, frames=frames), workers)
-        rows = []
-        for kind in KINDS:
-            rep = create_data(raw_root, os.path.join(work, kind), CreateDataParams(kind=kind), workers=workers)
-            rows.append((kind, rep["frames"]["kept"], sum(rep["frames"]["skipped"].values()), rep["elapsed_s"]))
+        run_route1(work, raw, benchmark, scenes, frames, val_fraction, workers,
+                   (quick_sv if quick else []) + list(sv_set), (quick_mv if quick else []) + list(mv_set),
+                   eval_items)
     except OsegError as e:
         _fail(e)
-    typer.echo("| dataset | frames kept | skipped | s |\n|---|---|---|---|")
-    for r in rows:
-        typer.echo(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |")
-    typer.echo(f"datasets and reports under {Path(work).resolve()}")
 
 
 @bench_app.command("data")
