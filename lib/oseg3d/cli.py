@@ -191,6 +191,7 @@ def local_run(
     mv_set: list[str] = typer.Option([], help="MV config override key=value (repeatable)."),
     quick: bool = typer.Option(True, help="CPU-sized run: a few steps, small batches."),
     eval_items: int = typer.Option(0, help="Evaluate only the first N val frames / scenes (0 = all)."),
+    baseline: bool = typer.Option(True, help="Also score an untrained model (the random-mask baseline)."),
 ) -> None:
     """Route 1 end to end on this machine: world, datasets, SV training, transfer, MV training, evaluation."""
     from oseg3d.localrun import run_route1
@@ -201,7 +202,7 @@ def local_run(
     try:
         run_route1(work, raw, benchmark, scenes, frames, val_fraction, workers,
                    (quick_sv if quick else []) + list(sv_set), (quick_mv if quick else []) + list(mv_set),
-                   eval_items)
+                   eval_items, baseline)
     except OsegError as e:
         _fail(e)
 
