@@ -27,6 +27,7 @@ from oseg3d.scannet.ply import Mesh, write_ply
 from oseg3d.scannet.synth.mesh import tessellate
 from oseg3d.scannet.synth.render import camera_trajectory, render_frame
 from oseg3d.scannet.synth.room import generate_room
+from oseg3d.scannet.synth.visibility import crop_to_observed, observed_vertices
 
 __all__ = ["SynthSpec", "DEFECT_KINDS", "write_world", "scene_name", "axis_alignment"]
 
@@ -92,6 +93,16 @@ def _write_scene(root: str, index: int, spec: SynthSpec, unknown_label: bool, de
     for sub in ("color", "depth", "pose"):
         (two_d / sub).mkdir(parents=True)
     scan.mkdir(parents=True)
+    poses = camera_trajectory(room, spec.frames, rng)
+    depths = []
+    for k, pose in enumerate(poses):
+        color, depth = render_frame(room, pose, DEPTH_INTRINSICS, rng)
+        depths.append(depth)
+        Image.fromarray(color).save(two_d / "color" / f"{20 * k}.jpg", quality=92)
+        Image.fromarray(depth).save(two_d / "depth" / f"{20 * k}.png", compress_level=1)
+        np.savetxt(two_d / "pose" / f"{20 * k}.txt", unalign @ pose, fmt="%.6f")
+    # the mesh a reconstruction from these frames would hold: only what some frame observed
+    am = crop_to_observed(am, observed_vertices(am.mesh.vertices, poses, depths, DEPTH_INTRINSICS))
     verts = am.mesh.vertices @ unalign[:3, :3].T.astype(np.float32) + unalign[:3, 3].astype(np.float32)
     write_ply(scan / f"{name}_vh_clean_2.ply", Mesh(verts.astype(np.float32), am.mesh.colors, am.mesh.faces))
     (scan / f"{name}_vh_clean_2.0.010000.segs.json").write_text(json.dumps(
@@ -103,12 +114,6 @@ def _write_scene(root: str, index: int, spec: SynthSpec, unknown_label: bool, de
          "segGroups": [{"id": oid, "objectId": oid, "segments": segs, "label": label} for oid, label, segs in am.groups],
          "segmentsFile": f"scannet.{name}_vh_clean_2.0.010000.segs.json"}))
     (scan / f"{name}.txt").write_text(_scene_meta(align, spec.frames))
-    poses = camera_trajectory(room, spec.frames, rng)
-    for k, pose in enumerate(poses):
-        color, depth = render_frame(room, pose, DEPTH_INTRINSICS, rng)
-        Image.fromarray(color).save(two_d / "color" / f"{20 * k}.jpg", quality=92)
-        Image.fromarray(depth).save(two_d / "depth" / f"{20 * k}.png", compress_level=1)
-        np.savetxt(two_d / "pose" / f"{20 * k}.txt", unalign @ pose, fmt="%.6f")
     for d in defects:  # inside the temp folder: a finished scene always carries its defects
         _inject_frame_defect(tmp, name, d["frame"], d["kind"])
     for sub, final in (("scans", Path(root) / "scans" / name), ("2D", Path(root) / "2D" / name)):
