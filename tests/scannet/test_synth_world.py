@@ -145,11 +145,12 @@ def test_axis_alignment_is_a_real_rigid_transform(world, scene):
     np.testing.assert_allclose(a[3], [0, 0, 0, 1])
     np.testing.assert_allclose(a[:3, :3] @ a[:3, :3].T, np.eye(3), atol=1e-5)
     assert np.linalg.det(a[:3, :3]) == pytest.approx(1, abs=1e-5)
-    # the aligned mesh is the room box [0, W] × [0, D] × [0, H] (walls and floor at 0)
+    # the aligned mesh lies in the room box [0, W] × [0, D] × [0, H] (walls and floor at 0); only observed
+    # surfaces are kept, so the top is the highest wall point seen, not necessarily the ceiling
     aligned = apply_transform(a, read_ply(root / layout.mesh_key(scene)).vertices)
     np.testing.assert_allclose(aligned.min(0), 0, atol=2e-3)
     w, d, h = aligned.max(0)
-    assert 5.0 - 2e-3 <= w <= 8.0 + 2e-3 and 4.5 - 2e-3 <= d <= 7.0 + 2e-3 and 2.5 - 2e-3 <= h <= 2.9 + 2e-3
+    assert 5.0 - 2e-3 <= w <= 8.0 + 2e-3 and 4.5 - 2e-3 <= d <= 7.0 + 2e-3 and 1.0 <= h <= 2.9 + 2e-3
     # the raw scan is not already aligned
     raw = read_ply(root / layout.mesh_key(scene)).vertices
     assert np.abs(raw.min(0)[:2]).max() > 0.05
@@ -164,7 +165,8 @@ def test_aggregation_categories(world):
             counts[label] += 1
             assert label in table.nyu40, label
         labels = [g[1] for g in read_aggregation(root / layout.aggregation_keys(scene)[0])]
-        assert labels[:6] == ["wall"] * 4 + ["floor", "ceiling"]
+        # surfaces come first; only what the frames observed is in the mesh (the ceiling mostly is not)
+        assert labels.count("wall") >= 3 and "floor" in labels[:5]
     furniture = {k: v for k, v in counts.items() if k not in STUFF}
     assert len(furniture) >= 8, furniture
     assert max(furniture.values()) >= 2, furniture
@@ -198,12 +200,13 @@ def test_mesh_gt_of_synthetic_scene(world, scene):
     assert gt.unknown_labels == []
     assert (gt.instance > 0).all() and (gt.semantic > 0).all()  # every synthetic vertex is annotated
     assert sorted(gt.boxes) == [oid + 1 for oid, _, _ in groups]
-    floor_box = gt.boxes[5]  # objectId 4 = floor
+    floor = next(oid for oid, label, _ in groups if label == "floor")
+    floor_box = gt.boxes[floor + 1]
     assert floor_box[2] == pytest.approx(0, abs=2e-3) and floor_box[5] == pytest.approx(0, abs=2e-3)
     for oid, label, _ in groups:
-        if label == "chair":
+        if label == "chair":  # standing on the floor (leg ends may be hidden), no taller than a chair
             box = gt.boxes[oid + 1]
-            assert box[2] == pytest.approx(0, abs=2e-3) and 0.8 < box[5] < 1.05  # standing on the floor
+            assert -2e-3 <= box[2] < 0.15 and box[5] < 1.05
 
 
 @pytest.mark.parametrize("scene, index", [("scene0000_00", 100), ("scene0001_00", 0), ("scene0001_00", 160)])

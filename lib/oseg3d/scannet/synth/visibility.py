@@ -50,9 +50,14 @@ def crop_to_observed(am: AnnotatedMesh, keep: np.ndarray) -> AnnotatedMesh:
     new_index[keep] = np.arange(int(keep.sum()))
     faces = new_index[am.mesh.faces]
     faces = faces[(faces >= 0).all(1)].astype(np.int32)
-    segments = am.segments[keep]
-    alive = set(np.unique(segments).tolist())
-    groups = [(oid, label, [s for s in segs if s in alive]) for oid, label, segs in am.groups]
-    groups = [g for g in groups if g[2]]
+    # a segment id is the index of one of its vertices (ScanNet's convention): re-point each surviving
+    # segment at its first kept vertex in the new numbering
+    old = am.segments[keep]
+    ids, first = np.unique(old, return_index=True)
+    rename = dict(zip(ids.tolist(), first.tolist()))
+    segments = np.asarray([rename[s] for s in ids.tolist()], np.int64)[np.searchsorted(ids, old)]
+    groups = [(oid, label, sorted(rename[s] for s in segs if s in rename)) for oid, label, segs in am.groups]
+    # ScanNet's objectIds are 0..n-1 without gaps: renumber the objects that remain, in order
+    groups = [(i, label, segs) for i, (_, label, segs) in enumerate(g for g in groups if g[2])]
     mesh = Mesh(am.mesh.vertices[keep], am.mesh.colors[keep], faces)
     return AnnotatedMesh(mesh, segments, groups)

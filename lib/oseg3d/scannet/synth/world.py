@@ -83,8 +83,6 @@ def _write_scene(root: str, index: int, spec: SynthSpec, unknown_label: bool, de
     name = scene_name(index)
     rng = np.random.default_rng([spec.seed, index])
     room = generate_room(rng)
-    if unknown_label and room.objects:
-        room.objects[-1].label = "glorp"  # a raw label missing from the TSV
     align = axis_alignment(rng)
     unalign = np.linalg.inv(align)
     am = tessellate(room, spec.mesh_resolution)
@@ -103,6 +101,9 @@ def _write_scene(root: str, index: int, spec: SynthSpec, unknown_label: bool, de
         np.savetxt(two_d / "pose" / f"{20 * k}.txt", unalign @ pose, fmt="%.6f")
     # the mesh a reconstruction from these frames would hold: only what some frame observed
     am = crop_to_observed(am, observed_vertices(am.mesh.vertices, poses, depths, DEPTH_INTRINSICS))
+    if unknown_label:  # a raw label missing from the TSV, on the last furniture object that was observed
+        k = max(i for i, g in enumerate(am.groups) if g[1] not in ("wall", "floor", "ceiling"))
+        am.groups[k] = (am.groups[k][0], "glorp", am.groups[k][2])
     verts = am.mesh.vertices @ unalign[:3, :3].T.astype(np.float32) + unalign[:3, 3].astype(np.float32)
     write_ply(scan / f"{name}_vh_clean_2.ply", Mesh(verts.astype(np.float32), am.mesh.colors, am.mesh.faces))
     (scan / f"{name}_vh_clean_2.0.010000.segs.json").write_text(json.dumps(
