@@ -17,7 +17,8 @@ def test_route1_end_to_end_on_two_scenes(tmp_path):
         assert {"all_ap", "all_ap_50%", "miou", "mcov", "mrec"} <= set(results[stage])
         assert not math.isnan(results[stage]["miou"])
     for f in ("train_sv/model_best.safetensors", "train_mv/model_best.safetensors", "transfer_sv_mv/init.safetensors",
-              "eval_sv/report.md", "eval_mv/report.md", "eval_mv/metrics.json", "summary.md"):
+              "eval_sv/report.md", "eval_mv/report.md", "eval_mv/metrics.json", "eval_mv/metrics.csv",
+              "eval_sv/per_class_ap.png", "summary.md"):
         assert (tmp_path / f).is_file(), f
     init = json.loads((tmp_path / "train_mv" / "summary.json").read_text())["init"]
     assert init["loaded"] > 400 and init["unexpected"] == 0  # the SV weights went into the MV model

@@ -1,7 +1,7 @@
 """Evaluate step: a trained model on a processed dataset's val split → metrics, Markdown report, plot.
 
 SV: per-frame AP / mIoU / mCov...; MV: scenes streamed online and scored on the mesh. Writes
-`metrics.json` (flat scalars), `metrics_full.json` (per class), `report.md`, `confusion.json` (semantic
+`metrics.json` and `metrics.csv` (flat scalars), `metrics_full.json` (per class), `report.md`, `confusion.json` (semantic
 confusion matrix, for a KFP ClassificationMetrics artifact) and `per_class_ap.png`.
 """
 from __future__ import annotations
@@ -65,6 +65,9 @@ def _write(out: Path, name: str, metrics: dict, full: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
     (out / "metrics.json").write_text(json.dumps(clean, indent=2))
+    keys = sorted(clean)  # one CSV row too, so runs can be concatenated into a table
+    (out / "metrics.csv").write_text(",".join(["name", *keys]) + "\n" + ",".join(
+        [name.replace(",", ";"), *("" if clean[k] is None else f"{clean[k]:.6g}" for k in keys)]) + "\n")
     (out / "metrics_full.json").write_text(json.dumps(full, indent=2, default=_jsonable))
     sem = full["semantic"]
     (out / "confusion.json").write_text(json.dumps({"labels": list(sem["classes"]), "matrix": sem["confusion"]},
