@@ -52,6 +52,7 @@ class MemoryAdapter(nn.Module):
         self.crop_scale = crop_scale
         for w in (self.conv_d1.weight, self.conv_d3.weight, self.proj.weight):
             nn.init.zeros_(w)  # start as identity
+        self._algo_device = None
 
     def forward(self, cur_b, cur_xyz, cur_feat, state: _LevelState | None, t: int, queue: int):
         """Adapt the current frame's features with the memory; returns (features, new state)."""
@@ -84,7 +85,9 @@ class MemoryAdapter(nn.Module):
         local = (cxyz - base).int()
         t_in = SparseConvTensor(cfeat, torch.cat([cb[:, None].int(), local], 1),
                                 (local.max(0).values + 1).tolist(), nb)
-        set_conv_algo(self, algo_for(cfeat.device))
+        if self._algo_device != cfeat.device.type:  # once per device, not a module walk every frame
+            set_conv_algo(self, algo_for(cfeat.device))
+            self._algo_device = cfeat.device.type
         b1 = torch.relu(self.bn_d1(self.conv_d1(t_in).features))
         b3 = torch.relu(self.bn_d3(self.conv_d3(t_in).features))
         g = scatter_mean(cfeat, cb, nb)[cb]
