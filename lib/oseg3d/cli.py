@@ -15,6 +15,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: print a table, write JSON.")
 app.add_typer(bench_app, name="bench")
 
+from oseg3d.cli_pipeline import pipeline_app  # noqa: E402
+
+app.add_typer(pipeline_app, name="pipeline")
+
 KINDS = ("scannet_sv", "scannet_mv", "scannet200_sv", "scannet200_mv")
 
 
@@ -86,6 +90,30 @@ def create_data_cmd(
     typer.echo(json.dumps({"frames": rep["frames"], "scenes_failed": len(rep["scenes"]["failed"]),
                            "scenes_missing": rep["scenes"]["missing"], "elapsed_s": rep["elapsed_s"]}))
     typer.echo(f"report: {out.rstrip('/')}/report.md")
+
+
+@app.command("precompute-clip")
+def precompute_clip_cmd(
+    dataset: str = typer.Argument(..., help="Processed dataset (create-data output), folder or s3://."),
+    raw: str = typer.Option("", help="Raw ScanNet root; default: dataset.json's raw_root, else <dataset>/_raw."),
+    weights: str = typer.Option("", help="open_clip ViT-B/16 state dict (.safetensors, or weights-only .pt/.bin)."),
+    random_init: bool = typer.Option(False, help="No weights: random conv1 (smoke runs; NOT CLIP features)."),
+    workers: int = typer.Option(4, help="Image-decoding threads per device."),
+    devices: str = typer.Option("", help="Comma-separated, e.g. cuda:0,cuda:1 (default: cuda if present, else cpu)."),
+    batch_size: int = typer.Option(16, help="Frames per conv1 call."),
+    pack_clip: bool = typer.Option(False, help="Also rewrite the manifests (schema v2) with the feature paths."),
+) -> None:
+    """CLIP conv1 features of every manifest frame into <dataset>/clip_feat/; reruns skip existing files."""
+    from oseg3d.steps import precompute_clip as step
+
+    try:
+        rep = step.run(dataset, raw, weights, random_init, workers, devices, batch_size, pack_clip)
+    except OsegError as e:
+        _fail(e)
+    keys = ("frames_total", "computed", "skipped_existing", "missing_images", "unreadable_images", "frames_per_s",
+            "clip_source", "packed")
+    typer.echo(json.dumps({k: rep[k] for k in keys if k in rep}))
+    typer.echo(f"report: {dataset.rstrip('/')}/clip_feat/report.json")
 
 
 def _local_dataset(uri: str, cache: str) -> str:
@@ -178,33 +206,6 @@ def evaluate(
         _fail(e)
     typer.echo(json.dumps(metrics))
     typer.echo(f"report: {out.rstrip('/')}/report.md")
-
-
-@app.command("local-run")
-def local_run(
-    work: str = typer.Option("runs/local", help="Working folder for the world, datasets, runs and reports."),
-    raw: Optional[str] = typer.Option(None, help="Raw ScanNet root; default: synthesise a small world."),
-    benchmark: str = typer.Option("scannet200", help="scannet200 (class-agnostic, ESAM's) | scannet."),
-    scenes: int = typer.Option(3), frames: int = typer.Option(41), workers: int = typer.Option(2),
-    val_fraction: float = typer.Option(0.34),
-    sv_set: list[str] = typer.Option([], help="SV config override key=value (repeatable)."),
-    mv_set: list[str] = typer.Option([], help="MV config override key=value (repeatable)."),
-    quick: bool = typer.Option(True, help="CPU-sized run: a few steps, small batches."),
-    eval_items: int = typer.Option(0, help="Evaluate only the first N val frames / scenes (0 = all)."),
-    baseline: bool = typer.Option(True, help="Also score an untrained model (the random-mask baseline)."),
-) -> None:
-    """Route 1 end to end on this machine: world, datasets, SV training, transfer, MV training, evaluation."""
-    from oseg3d.localrun import run_route1
-
-    quick_sv = ["train.max_steps=4", "data.batch_size=2", "data.num_workers=0", "schedule.warmup_iters=2"]
-    quick_mv = ["train.max_steps=2", "data.batch_size=1", "data.num_frames=4", "data.num_workers=0",
-                "schedule.warmup_iters=1"]
-    try:
-        run_route1(work, raw, benchmark, scenes, frames, val_fraction, workers,
-                   (quick_sv if quick else []) + list(sv_set), (quick_mv if quick else []) + list(mv_set),
-                   eval_items, baseline)
-    except OsegError as e:
-        _fail(e)
 
 
 @bench_app.command("data")

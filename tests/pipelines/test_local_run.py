@@ -1,18 +1,69 @@
-"""The route ❶ DAG runs end to end locally through kfp.local's SubprocessRunner (the embedded default)."""
+"""`oseg3d pipeline run --local` runs the whole route ❶ DAG through kfp.local; killed during training and
+rerun with --resume, it skips the finished steps, resumes training and ends with the same metrics."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-def test_route1_dag_runs_locally(tmp_path):
-    from kfp import local
+REPO = Path(__file__).parents[2]
+# toy scale: the real code path on a 2-scene world with 4,000 points per frame
+TOY = ["--scenes", "2", "--frames", "21", "--points", "4000"]
+TIMING = {"ms_per_frame", "peak_mem_gb"}
 
-    from pipelines.route1 import route1
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    quick_sv = ["train.max_steps=2", "data.batch_size=1", "data.num_workers=0"]
-    quick_mv = ["train.max_steps=1", "data.batch_size=1", "data.num_frames=3", "data.num_workers=0"]
-    route1(synth_scenes=2, synth_frames=21, sv_overrides=quick_sv, mv_overrides=quick_mv)  # raises on a failed task
-    root = tmp_path / "root"
-    tasks = {p.name for p in root.glob("*/*") if p.is_dir()}
-    assert {"create-data", "create-data-2", "train", "train-2", "transfer", "evaluate", "evaluate-2"} <= tasks
-    assert list(root.glob("*/train-2/model/model_best.safetensors"))
-    assert list(root.glob("*/evaluate-2/report"))
+def _cmd(runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "oseg3d.cli", "pipeline", "run", "--local", "--runs-dir", str(runs), *TOY, *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _scores(run: Path) -> dict[str, dict]:
+    """Every evaluate home's metrics, by config, without the wall-clock columns."""
+    out = {}
+    for marker in (run / "kfp" / "_work").glob("evaluate-*/_COMPLETE.json"):
+        record = json.loads(marker.read_text())
+        out[record["params"]["config"]] = {k: v for k, v in record["result"].items() if k not in TIMING}
+    return out
+
+
+def test_pipeline_run_local_kill_during_training_then_resume(tmp_path):
+    ref = subprocess.run(_cmd(tmp_path / "ref"), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=1200)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert "| ❶ MV |" in ref.stdout and "report: " in ref.stdout
+    (ref_run,) = (tmp_path / "ref").iterdir()
+    html = [Path(line.split("report: ", 1)[1]) for line in ref.stdout.splitlines() if line.startswith("report: ")]
+    assert html and all(p.is_file() and p.read_text().startswith("<!doctype html>") for p in html)
+    expected = _scores(ref_run)
+    assert set(expected) == {"ESAM_sv_3d_scannet200", "ESAM_online_3d_scannet200"}
+
+    runs = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(runs), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:  # kill the whole run once training has a checkpoint
+        if list(runs.glob("*/kfp/_work/train-*/checkpoints/last.ckpt")):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before training wrote a checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (run,) = runs.iterdir()
+    finished = [m.parent.name for m in run.glob("kfp/_work/*/_COMPLETE.json")]
+    assert any(f.startswith("create_data-") for f in finished)
+    assert not any(f.startswith("train-") for f in finished)
+
+    resumed = subprocess.run(_cmd(runs, "--resume", run.name), cwd=REPO, env=_env(), capture_output=True, text=True,
+                             timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    for home in finished:  # every step that had finished before the kill is skipped, not rerun
+        assert f"skipped, already complete in {run / 'kfp' / '_work' / home}" in log, home
+    assert "train: resuming from" in log
+    assert _scores(run) == expected

@@ -28,6 +28,8 @@ class DataConfig:
         num_workers: DataLoader worker processes.
         elastic: elastic distortion in training.
         val_max_items: cap on validation items (0 = all), for quick runs.
+        clip_features: batches carry CLIP conv1 features (clip_pix, clip_global, clip_valid, and images
+            for frames without them); the Bi-Fusion configs need this.
     """
 
     benchmark: str = "scannet"
@@ -38,6 +40,7 @@ class DataConfig:
     num_workers: int = 6
     elastic: bool = True
     val_max_items: int = 0
+    clip_features: bool = False
 
 
 @dataclass

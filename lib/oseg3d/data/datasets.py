@@ -5,6 +5,13 @@ scene, a clip of `num_frames` consecutive kept frames from a random start, wrapp
 (ESAM's LoadAdjacentDataFromFile); `num_frames=-1` gives the whole scene in order (evaluation).
 Items are dicts of numpy arrays: coord, color (0..255), instance, semantic (mapped: 0..N-1, N = ignore),
 superpoint, pose; `transform` (a callable over such a dict, with its own Generator) runs last.
+
+With `clip_features=True` every frame also carries its CLIP conv1 features (seed plan §7.3):
+`clip_pix` fp16 (192, 60, 80), `clip_global` fp16 (768,), `clip_valid` True, read from the file named by
+the v2 manifest (else derived from the image path); when the file is missing, `image` uint8
+(3, 480, 640) from the raw root and `clip_valid` False instead, and the model runs conv1 online. Such
+fallbacks are counted in `clip_fallbacks` (per process: DataLoader workers count their own, so the
+trainer sums `~clip_valid` of the batches instead).
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from typing import Callable
 import numpy as np
 from torch.utils.data import Dataset
 
+from oseg3d.clip.features import ClipFeatureReader
 from oseg3d.data import processed
 from oseg3d.scannet.labels import class_mapping
 
@@ -28,6 +36,21 @@ def normalize_color(rgb: np.ndarray) -> np.ndarray:
     return (rgb - COLOR_MEAN) / COLOR_STD
 
 
+class _ClipOption:
+    """`clip_features` / `clip_fallbacks` of both datasets, over an optional ClipFeatureReader `self.clip`."""
+
+    clip: ClipFeatureReader | None = None
+
+    @property
+    def clip_features(self) -> bool:
+        return self.clip is not None
+
+    @property
+    def clip_fallbacks(self) -> int:
+        """Frames of this process that had no feature file (their items carry `image` instead)."""
+        return self.clip.fallbacks if self.clip is not None else 0
+
+
 def _frame_item(arrays: dict, row: int, lut: np.ndarray) -> dict:
     pts = np.asarray(arrays["points"][row], np.float32)
     return {
@@ -39,13 +62,15 @@ def _frame_item(arrays: dict, row: int, lut: np.ndarray) -> dict:
     }
 
 
-class SVFrameDataset(Dataset):
-    """Single-view frames of one split."""
+class SVFrameDataset(_ClipOption, Dataset):
+    """Single-view frames of one split (with `clip_features`, their CLIP features; see the module doc)."""
 
-    def __init__(self, root: str, split: str, benchmark: str, transform: Callable | None = None):
+    def __init__(self, root: str, split: str, benchmark: str, transform: Callable | None = None,
+                 clip_features: bool = False, raw_root: str = ""):
         self.root, self.transform = root, transform
         self.rows = processed.read_manifest(os.path.join(root, processed.manifest_key(split))).to_pylist()
         self.lut = class_mapping(benchmark)
+        self.clip = ClipFeatureReader(root, raw_root) if clip_features else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -58,17 +83,20 @@ class SVFrameDataset(Dataset):
         out = _frame_item(item, 0, self.lut)
         out["pose"] = np.asarray(r["pose_centered"], np.float32).reshape(4, 4)
         out["sample_id"] = r["sample_id"]
+        if self.clip is not None:
+            out.update(self.clip(r["img_path"], r.get("clip_feat_path")))
         return self.transform(out) if self.transform else out
 
 
-class MVClipDataset(Dataset):
-    """Multi-view clips (or whole scenes) of one split."""
+class MVClipDataset(_ClipOption, Dataset):
+    """Multi-view clips (or whole scenes) of one split (with `clip_features`, per-frame CLIP features)."""
 
     def __init__(self, root: str, split: str, benchmark: str, num_frames: int = 8,
-                 transform: Callable | None = None, seed: int = 0):
+                 transform: Callable | None = None, seed: int = 0, clip_features: bool = False, raw_root: str = ""):
         self.root, self.num_frames, self.transform = root, num_frames, transform
         self.rows = processed.read_manifest(os.path.join(root, processed.manifest_key(split))).to_pylist()
         self.lut = class_mapping(benchmark)
+        self.clip = ClipFeatureReader(root, raw_root) if clip_features else None
         self.seed = seed
         self._rng, self._rng_key = None, None
 
@@ -95,7 +123,11 @@ class MVClipDataset(Dataset):
     def __getitem__(self, i: int) -> list[dict]:
         r = self.rows[i]
         arrays = processed.read_arrays(os.path.join(self.root, r["data_path"]))
-        frames = [_frame_item(arrays, k, self.lut) for k in self.frame_rows(i)]
-        for f in frames:
+        ks = self.frame_rows(i)
+        frames = [_frame_item(arrays, k, self.lut) for k in ks]
+        clip_paths = r.get("clip_feat_paths") or [None] * len(r["img_paths"])
+        for k, f in zip(ks, frames):
             f["sample_id"] = r["scene_id"]
+            if self.clip is not None:
+                f.update(self.clip(r["img_paths"][k], clip_paths[k]))
         return self.transform(frames) if self.transform else frames

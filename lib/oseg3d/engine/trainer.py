@@ -15,15 +15,19 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
+import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from oseg3d.configs import ExperimentConfig, save_config
+from oseg3d.data.sampling import EpochSampler, epoch_seed
 from oseg3d.engine.datamodule import ESAMDataModule
 from oseg3d.engine.lit_module import ESAMLitModule
 from oseg3d.engine.weights import LoadReport, load_state_dict, partial_load, save_weights
@@ -76,6 +80,30 @@ def merge_metrics(run: Path) -> Path:
     return out
 
 
+class _Replayable(Callback):
+    """Make a resumed run replay the uninterrupted one: the model's random choices (query subsets) are
+    reseeded per (epoch, batch), and after a mid-epoch resume the sampler skips the items already trained
+    on (Lightning restores the counters but restarts the data iterator)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_start(self, trainer, pl_module) -> None:  # after the checkpoint is restored
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        done = progress.current.ready  # still the previous epoch's count when resuming at an epoch boundary
+        if progress.is_last_batch or done >= trainer.num_training_batches:
+            done = 0
+        sampler = getattr(trainer.train_dataloader, "sampler", None)
+        if isinstance(sampler, EpochSampler) and done:
+            sampler.skip_once(done * trainer.train_dataloader.batch_size)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        s = epoch_seed(self.seed, trainer.current_epoch, batch_idx)
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)
+        random.seed(s)
+
+
 def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | None = None) -> dict:
     """Train `cfg` in `run_dir` (resuming if it holds a last checkpoint); returns the summary.
 
@@ -100,13 +128,12 @@ def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | 
         (run / "init_report.md").write_text(report.markdown() + "\n")
 
     d = cfg.data
-    dm = ESAMDataModule(d.root, d.benchmark, d.mode, d.batch_size, d.num_frames, d.num_workers, d.elastic,
-                        d.val_max_items, cfg.train.seed)
+    dm = ESAMDataModule.from_config(d, cfg.train.seed)
     lit = ESAMLitModule(model, d.mode, cfg.optim, cfg.schedule, validator, cfg.train.log_every)
     monitor = cfg.train.monitor if validator is not None else None
     ckpt = ModelCheckpoint(dirpath=run / "checkpoints", monitor=monitor, mode="max", save_top_k=cfg.train.keep_checkpoints if monitor else 0,
                            save_last=True, filename="epoch{epoch:03d}-step{step:06d}", auto_insert_metric_name=False)
-    callbacks = [ckpt, TQDMProgressBar(refresh_rate=10)]
+    callbacks = [ckpt, TQDMProgressBar(refresh_rate=10), _Replayable(cfg.train.seed)]
     if cfg.train.ckpt_every_steps > 0:  # mid-epoch last.ckpt, so a kill loses at most this many steps
         callbacks.append(ModelCheckpoint(dirpath=run / "checkpoints", save_top_k=0, save_last=True,
                                          every_n_train_steps=cfg.train.ckpt_every_steps))
@@ -120,6 +147,8 @@ def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | 
         use_distributed_sampler=True,
     )
     last = run / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        print(f"[oseg3d] train: resuming from {last}", file=sys.stderr, flush=True)
     trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
     summary = {"global_step": trainer.global_step, "epochs": trainer.current_epoch,
                "best_score": float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,

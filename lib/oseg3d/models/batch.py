@@ -31,6 +31,10 @@ class PointBatch:
         semantic: (N,) long mapped semantic class (num_sem = ignore) or None.
         voxel_coord: (N, 3) float coordinates used for voxelisation (elastic-distorted xyz), or None = coord.
         pose: (B, 4, 4) camera-to-world, or None.
+        clip_pix: (B, 192, 60, 80) fp16 precomputed CLIP conv1 pixel features (zeros where missing), or None.
+        clip_global: (B, 768) fp16 precomputed CLIP conv1 global features, or None.
+        clip_valid: (B,) bool, which frames have precomputed features, or None (= all, when clip_pix is set).
+        image: (B, 3, 480, 640) uint8 RGB for the frames without features (zeros for the others), or None.
     """
 
     coord: torch.Tensor
@@ -41,6 +45,10 @@ class PointBatch:
     semantic: torch.Tensor | None = None
     voxel_coord: torch.Tensor | None = None
     pose: torch.Tensor | None = None
+    clip_pix: torch.Tensor | None = None
+    clip_global: torch.Tensor | None = None
+    clip_valid: torch.Tensor | None = None
+    image: torch.Tensor | None = None
 
     @property
     def num_frames(self) -> int:
@@ -102,7 +110,9 @@ def voxelize(coord: torch.Tensor, feat: torch.Tensor, batch_index: torch.Tensor,
     mins = mins.scatter_reduce(0, batch_index[:, None].expand(-1, 3), grid, "amin", include_self=True)
     origin = torch.div(mins, GRID_ALIGN, rounding_mode="floor") * GRID_ALIGN
     local = grid - origin[batch_index]
-    shape = (local.max(0).values + 1).clamp_min(GRID_ALIGN)
+    # a whole number of GRID_ALIGN cells: spconv's kernel-2 stride-2 conv gives an odd size X the output
+    # size (X - 2) // 2 + 1, which silently drops input row X - 1 from every coarser level
+    shape = (local.max(0).values + GRID_ALIGN) // GRID_ALIGN * GRID_ALIGN
     key = ((batch_index * shape[0] + local[:, 0]) * shape[1] + local[:, 1]) * shape[2] + local[:, 2]
     uniq, inverse = torch.unique(key, return_inverse=True)
     m = len(uniq)

@@ -1,13 +1,17 @@
 """Model configuration and the plain-code builder (no registry): config → modules → ESAM.
 
-Optional parts are composed with `if`s: the MV memory adapters, box head and merge head now; the
-Tiny-SA neck (route ❷) and the 2D branch (route ❸) join the same way later, so no subclass per
+Optional parts are composed with `if`s: the MV memory adapters, box head and merge head, the Tiny-SA
+neck (route ❷) and the Bi-Fusion encoder with its frozen CLIP 2D branch (route ❸), so no subclass per
 combination is ever needed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
+from oseg3d.clip.conv1 import load_clip_conv1
+from oseg3d.errors import ConfigError
+from oseg3d.models.bifusion import BiFusionEncoder
 from oseg3d.models.criterion import Criterion
 from oseg3d.models.decoder import QueryDecoder
 from oseg3d.models.esam import ESAM
@@ -15,6 +19,7 @@ from oseg3d.models.memory import MultilevelMemory
 from oseg3d.models.merge_head import MergeHead
 from oseg3d.models.pooling import GeoAwarePooling
 from oseg3d.models.resunet import PLANES, Res16UNet34C
+from oseg3d.models.tiny_sa import TinySA
 
 __all__ = ["ModelConfig", "build_model", "count_parameters"]
 
@@ -34,6 +39,13 @@ class ModelConfig:
         voxel_size: metres per voxel.
         query_thr: lower bound of the random share of superpoints used as queries in training.
         dice_scale: multiplier of the final layer's Dice loss (the seed: ×4 when the batch is < 4).
+        neck: "none" | "tiny_sa" (two Tiny-SA blocks after the U-Net decoder; routes ❷ ❸).
+        tsa_patch_size, tsa_heads, tsa_mlp_ratio: Tiny-SA voxels per attention window, heads, MLP width.
+        encoder: "3d" (the U-Net) | "bifusion" (U-Net fused with frozen CLIP conv1 features; route ❸).
+        fuse_2d_to_3d, fuse_3d_to_2d, film_global: the Bi-Fusion links (see models/bifusion.py).
+        fuse_deeper: also add the sampled 2D features at the four encoder levels, not only the stem.
+        clip_weights: path / s3:// URI of an open_clip ViT-B/16 state dict for the frozen 2D branch.
+        clip_random_init: without clip_weights, a random conv1 (smoke runs; reports say so).
     """
 
     num_classes: int = 18
@@ -48,6 +60,39 @@ class ModelConfig:
     query_thr: float = 0.5
     dice_scale: float = 1.0
     bn_momentum: float = 0.02
+    neck: str = "none"
+    tsa_patch_size: int = 128
+    tsa_heads: int = 6
+    tsa_mlp_ratio: float = 2.0
+    encoder: str = "3d"
+    fuse_2d_to_3d: bool = True
+    fuse_3d_to_2d: bool = True
+    film_global: bool = True
+    fuse_deeper: bool = False
+    clip_weights: Optional[str] = None
+    clip_random_init: bool = False
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"model.{key}", f"unknown value {value!r}", f"use one of {', '.join(allowed)}")
+    return value
+
+
+def _bi_encoder(cfg: ModelConfig, backbone: Res16UNet34C, neck: TinySA | None) -> BiFusionEncoder:
+    """The Bi-Fusion encoder with its frozen CLIP conv1 (weights from `clip_weights`, or random on request)."""
+    if not cfg.clip_weights and not cfg.clip_random_init:
+        raise ConfigError("model.clip_weights", "the Bi-Fusion encoder needs CLIP ViT-B/16 weights for its frozen 2D "
+                          "branch and none are set", "set model.clip_weights=<path or s3:// URI of an open_clip "
+                          "ViT-B-16 state dict>, or model.clip_random_init=true for a smoke run (NOT CLIP features)")
+    if cfg.fuse_3d_to_2d and not cfg.fuse_2d_to_3d:
+        raise ConfigError("model.fuse_3d_to_2d", "refines the 2D map that model.fuse_2d_to_3d samples, which is off",
+                          "set model.fuse_3d_to_2d=false too, or model.fuse_2d_to_3d=true")
+    if cfg.fuse_deeper and not cfg.fuse_2d_to_3d:
+        raise ConfigError("model.fuse_deeper", "needs model.fuse_2d_to_3d", "set model.fuse_2d_to_3d=true")
+    clip2d, source = load_clip_conv1(cfg.clip_weights, allow_random_init=cfg.clip_random_init)
+    return BiFusionEncoder(backbone, clip2d, neck, fuse_2d_to_3d=cfg.fuse_2d_to_3d, fuse_3d_to_2d=cfg.fuse_3d_to_2d,
+                           film_global=cfg.film_global, fuse_deeper=cfg.fuse_deeper, clip_source=source)
 
 
 def build_model(cfg: ModelConfig) -> ESAM:
@@ -55,8 +100,16 @@ def build_model(cfg: ModelConfig) -> ESAM:
     bbox = cfg.online if cfg.bbox_head is None else cfg.bbox_head
     num_classes = 1 if cfg.class_agnostic else cfg.num_classes
     backbone = Res16UNet34C(cfg.in_channels, cfg.bn_momentum)
+    neck = None
+    if _choice("neck", cfg.neck, ("none", "tiny_sa")) == "tiny_sa":
+        neck = TinySA(backbone.out_channels, 2, cfg.tsa_heads, cfg.tsa_patch_size, cfg.tsa_mlp_ratio)
+    bi_encoder = None
+    if _choice("encoder", cfg.encoder, ("3d", "bifusion")) == "bifusion":
+        bi_encoder = _bi_encoder(cfg, backbone, neck)
     return ESAM(
-        backbone=backbone,
+        backbone=backbone if bi_encoder is None else None,
+        neck=neck if bi_encoder is None else None,
+        bi_encoder=bi_encoder,
         pooling=GeoAwarePooling(backbone.out_channels),
         decoder=QueryDecoder(in_channels=backbone.out_channels, num_classes=num_classes,
                              num_semantic=cfg.num_semantic, bbox_head=bbox),
@@ -71,9 +124,21 @@ def build_model(cfg: ModelConfig) -> ESAM:
 
 
 def count_parameters(model: ESAM) -> dict[str, int]:
-    """Parameters per component (the table `oseg3d model params` prints)."""
-    parts = {"backbone": model.backbone, "memory": model.memory, "decoder": model.decoder,
-             "merge_head": model.merge_head, "pooling": model.pooling}
-    out = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items() if m is not None}
-    out["total"] = sum(p.numel() for p in model.parameters())
+    """Parameters per component (the table `oseg3d model params` prints).
+
+    Route ❸: "backbone" and "neck" are the Bi-Fusion encoder's 3D branch, "clip2d" its frozen conv1 and
+    "bifusion" the fusion layers (conv_reduce, 2D↔3D projections, FiLM); "trainable" then excludes clip2d.
+    """
+    bi = model.bi_encoder
+    numel = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    parts = {"backbone": bi.backbone3d if bi else model.backbone, "neck": bi.neck if bi else model.neck,
+             "memory": model.memory, "decoder": model.decoder, "merge_head": model.merge_head, "pooling": model.pooling}
+    out = {k: numel(m) for k, m in parts.items() if m is not None}
+    if bi is not None:
+        out["clip2d"] = numel(bi.clip2d)
+        out["bifusion"] = numel(bi) - out["backbone"] - out.get("neck", 0) - out["clip2d"]
+    out["total"] = numel(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable != out["total"]:
+        out["trainable"] = trainable
     return out

@@ -3,7 +3,8 @@
 One module composes the parts it is given (built in `build.py`); nothing here knows which route it
 serves. SV: a batch of independent frames. MV: B clips of T frames, run frame by frame through the
 memory adapters (reset per clip), losses summed over frames, plus the merge head's contrastive loss
-between adjacent frames of each clip.
+between adjacent frames of each clip. The encoder is the 3D U-Net (+ the Tiny-SA `neck`, route ❷) or
+the Bi-Fusion `bi_encoder` (route ❸, which holds the U-Net and the neck itself).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from spconv.pytorch import SparseConvTensor
 from torch import nn
 
-from oseg3d.models.batch import PointBatch, voxelize
+from oseg3d.models.batch import PointBatch, Voxels, voxelize
 from oseg3d.models.merge_head import merge_contrastive_loss
 from oseg3d.models.scatter import scatter_max
 from oseg3d.models.targets import FrameTargets, build_targets
@@ -44,27 +45,51 @@ class ESAM(nn.Module):
     """The model. See `build.build_model` for how the parts are chosen."""
 
     def __init__(self, backbone, pooling, decoder, criterion, memory=None, merge_head=None, *,
-                 num_semantic: int, class_agnostic: bool, voxel_size: float = 0.02, query_thr: float = 0.5):
+                 num_semantic: int, class_agnostic: bool, voxel_size: float = 0.02, query_thr: float = 0.5,
+                 neck=None, bi_encoder=None):
         super().__init__()
+        if (backbone is None) == (bi_encoder is None):
+            raise ValueError("give either a 3D backbone (routes ❶ ❷) or a Bi-Fusion encoder (route ❸)")
         self.backbone, self.pooling, self.decoder, self.criterion = backbone, pooling, decoder, criterion
         self.memory, self.merge_head = memory, merge_head
+        # route ❷: Tiny-SA after the backbone; route ❸: the Bi-Fusion encoder holds the backbone and neck
+        self.neck, self.bi_encoder = neck, bi_encoder
         self.num_semantic, self.class_agnostic = num_semantic, class_agnostic
         self.voxel_size, self.query_thr = voxel_size, query_thr
 
+    @property
+    def clip_source(self) -> str:
+        """Where the frozen 2D branch's weights came from (for reports); "none" without a 2D branch."""
+        return self.bi_encoder.clip_source if self.bi_encoder is not None else "none"
+
     # ---- features -------------------------------------------------------------------------------
+    def voxel_features(self, batch: PointBatch, xyz: torch.Tensor,
+                       use_memory: bool = False) -> tuple[Voxels, torch.Tensor]:
+        """Voxelise `xyz` and run the encoder: backbone (+ memory) (+ neck), or the Bi-Fusion encoder.
+
+        Returns the voxels and their stride-1 features (M, 96).
+        """
+        vox = voxelize(xyz, batch.feat, batch.batch_index, batch.num_frames, self.voxel_size)
+        memory = self.memory if use_memory else None
+        if self.bi_encoder is not None:
+            return vox, self.bi_encoder(batch, vox, memory)
+        x = SparseConvTensor(vox.features, vox.indices, vox.spatial_shape, vox.batch_size)
+        stem, enc = self.backbone.encode(x)
+        if memory is not None:
+            enc = memory(enc, vox.origin)
+        out = self.backbone.decode(stem, enc)
+        if self.neck is not None:
+            out = self.neck(out)
+        return vox, out.features
+
     def extract(self, batch: PointBatch, use_memory: bool = False) -> FrameFeatures:
-        """Backbone (+ memory) → point features → superpoint features, split per frame."""
+        """Encoder (+ memory) → point features → superpoint features, split per frame."""
         bidx = batch.batch_index
         # ESAM feeds the elastic-distorted coordinates (when training) to the voxeliser, the pooling and
         # the point-mask features alike (mixformer3d.extract_feat)
         xyz = batch.voxel_coord if batch.voxel_coord is not None else batch.coord
-        vox = voxelize(xyz, batch.feat, bidx, batch.num_frames, self.voxel_size)
-        x = SparseConvTensor(vox.features, vox.indices, vox.spatial_shape, vox.batch_size)
-        stem, enc = self.backbone.encode(x)
-        if use_memory and self.memory is not None:
-            enc = self.memory(enc, vox.origin)
-        out = self.backbone.decode(stem, enc)
-        point_feat = out.features[vox.point2voxel]
+        vox, voxel_feat = self.voxel_features(batch, xyz, use_memory)
+        point_feat = voxel_feat[vox.point2voxel]
         n_sp = torch.stack([s.max() + 1 for s in batch.split(batch.superpoint)])
         sp_base = torch.cumsum(n_sp, 0) - n_sp
         sp_global = batch.superpoint + sp_base[bidx]
@@ -143,6 +168,7 @@ def _select_frame(batch: PointBatch, i: int) -> PointBatch:
     end = int(batch.offset[i])
     sl = slice(start, end)
     pick = lambda t: None if t is None else t[sl]  # noqa: E731
+    one = lambda t: None if t is None else t[i : i + 1]  # noqa: E731  per-frame fields
     return PointBatch(batch.coord[sl], batch.feat[sl], batch.offset.new_tensor([end - start]), batch.superpoint[sl],
-                      pick(batch.instance), pick(batch.semantic), pick(batch.voxel_coord),
-                      None if batch.pose is None else batch.pose[i : i + 1])
+                      pick(batch.instance), pick(batch.semantic), pick(batch.voxel_coord), one(batch.pose),
+                      one(batch.clip_pix), one(batch.clip_global), one(batch.clip_valid), one(batch.image))

@@ -1,0 +1,16 @@
+"""Data components: create_data (precompute_clip joins with routes ❷ ❸)."""
+# no `from __future__ import annotations`: KFP reads the real annotation objects
+from kfp.dsl import Dataset, Markdown, Output
+
+from components.image import component
+
+__all__ = ["create_data"]
+
+
+@component
+def create_data(kind: str, raw_uri: str, synth_scenes: int, synth_frames: int, num_points: int, workspace: str,
+                dataset: Output[Dataset], report: Output[Markdown]):
+    """Processed SV/MV dataset from a raw ScanNet root (or a synthetic world when raw_uri is empty)."""
+    from oseg3d.steps import tasks
+
+    tasks.create_data(kind, raw_uri, synth_scenes, synth_frames, num_points, workspace, dataset, report)

@@ -1,0 +1,97 @@
+"""`oseg3d pipeline ...`: run the KFP DAG locally (kfp.local), resume it, compile it, submit it."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import typer
+
+__all__ = ["pipeline_app"]
+
+pipeline_app = typer.Typer(no_args_is_help=True, help="The KFP pipeline: run locally, compile, submit.")
+
+
+def _repo_on_path() -> None:
+    """components/ and pipelines/ are packaged too; from a source checkout they also import from the cwd."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def _pipeline_args(raw: str, scenes: int, frames: int, points: int, benchmark: str, sv_set: list[str],
+                   mv_set: list[str], quick: bool, gpus: int) -> dict:
+    from pipelines.local import QUICK_MV, QUICK_SV
+
+    return {
+        "raw_uri": raw, "synth_scenes": scenes, "synth_frames": frames, "points_per_frame": points,
+        "sv_kind": f"{benchmark}_sv", "mv_kind": f"{benchmark}_mv",
+        "sv_config": f"ESAM_sv_3d_{benchmark}", "mv_config": f"ESAM_online_3d_{benchmark}",
+        "sv_overrides": (QUICK_SV if quick else []) + list(sv_set),
+        "mv_overrides": (QUICK_MV if quick else []) + list(mv_set), "gpus": gpus,
+    }
+
+
+@pipeline_app.command("run")
+def run(
+    local: bool = typer.Option(True, "--local/--cluster", help="Run here with kfp.local (the only mode of `run`)."),
+    runner: str = typer.Option("subprocess", help="subprocess (this environment) | docker (our image)."),
+    resume: str = typer.Option("", help="Run id under --runs-dir to continue: finished steps are skipped."),
+    runs_dir: str = typer.Option("runs", help="Where run folders go."),
+    raw: str = typer.Option("", help="Raw ScanNet root (path or s3://); empty = synthesise a small world."),
+    scenes: int = typer.Option(3, help="Synthetic world: scenes."),
+    frames: int = typer.Option(41, help="Synthetic world: frames per scene."),
+    points: int = typer.Option(20000, help="Points sampled per frame (ESAM: 20,000)."),
+    benchmark: str = typer.Option("scannet200", help="scannet200 (class-agnostic, ESAM's) | scannet."),
+    sv_set: list[str] = typer.Option([], help="SV config override key=value (repeatable)."),
+    mv_set: list[str] = typer.Option([], help="MV config override key=value (repeatable)."),
+    quick: bool = typer.Option(True, help="CPU-sized schedules (a few steps per stage); --no-quick = the configs'."),
+) -> None:
+    """Run the whole DAG on this machine; prints the routes' metrics table and where the reports are."""
+    if not local:
+        raise typer.BadParameter("use `oseg3d pipeline submit` for a cluster")
+    _repo_on_path()
+    from pipelines.local import run_local, summary_table
+
+    args = _pipeline_args(raw, scenes, frames, points, benchmark, sv_set, mv_set, quick, 0)
+    run_dir = run_local(args, runs_dir, resume, runner)
+    md, htmls = summary_table(run_dir)
+    typer.echo("\n" + md)
+    typer.echo(f"run: {run_dir}  (resume with: oseg3d pipeline run --local --resume {run_dir.name})")
+    for h in htmls:
+        typer.echo(f"report: {h}")
+
+
+@pipeline_app.command("compile")
+def compile_(
+    output: str = typer.Option("pipeline.yaml", "-o", "--output", help="Where to write the KFP IR YAML."),
+    data_pvc: str = typer.Option("", help="PVC with raw ScanNet to mount on create_data (see manifests/)."),
+    s3_secret: str = typer.Option("oseg3d-s3", help="Secret with the object-store credentials ('' = none)."),
+) -> None:
+    """Write the pipeline's KFP IR YAML (upload it in the UI or submit it with `kfp run create`)."""
+    _repo_on_path()
+    from pipelines.local import compile_to
+
+    typer.echo(compile_to(output, data_pvc=data_pvc, s3_secret=s3_secret))
+
+
+@pipeline_app.command("submit")
+def submit(
+    host: str = typer.Option(..., envvar="KFP_ENDPOINT", help="KFP API endpoint (or KFP_ENDPOINT)."),
+    package: str = typer.Option("pipeline.yaml", help="Compiled package (from `oseg3d pipeline compile`)."),
+    experiment: str = typer.Option("oseg3d"),
+    run_name: Optional[str] = typer.Option(None),
+    param: list[str] = typer.Option([], "--param", "-p", help="Pipeline parameter key=value (repeatable)."),
+) -> None:
+    """Submit a compiled pipeline with kfp.Client (token from KFP_TOKEN)."""
+    _repo_on_path()
+    import yaml
+
+    from pipelines.local import submit as do_submit
+
+    args = {}
+    for p in param:
+        k, sep, v = p.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{p!r}: expected key=value")
+        args[k] = yaml.safe_load(v)  # numbers, lists (e.g. '["train.max_steps=10"]') and strings
+    typer.echo(do_submit(package, host, args, experiment, run_name or ""))
