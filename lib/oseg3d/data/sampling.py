@@ -25,6 +25,9 @@ class EpochSampler(Sampler):
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
         self.n, self.seed, self.shuffle, self.epoch, self._skip = n, seed, shuffle, 0, 0
+        # the trainer may supply the epoch at iteration time: Lightning's set_epoch value is one ahead
+        # after a resume from an end-of-epoch checkpoint
+        self.epoch_fn = None
 
     def skip_once(self, k: int) -> None:
         """Start the next pass k items in (a mid-epoch resume continues where the checkpoint was taken)."""
@@ -34,6 +37,8 @@ class EpochSampler(Sampler):
         self.epoch = epoch
 
     def __iter__(self):
+        if self.epoch_fn is not None:
+            self.epoch = self.epoch_fn()
         order = range(self.n)
         if self.shuffle:
             g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))

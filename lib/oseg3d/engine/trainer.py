@@ -80,6 +80,12 @@ def merge_metrics(run: Path) -> Path:
     return out
 
 
+def _running_epoch(trainer) -> int:
+    """The epoch being run. `current_epoch` lags by one after a resume from an end-of-epoch checkpoint,
+    and the value Lightning gives samplers runs one ahead there; the started-epoch counter is right."""
+    return trainer.fit_loop.epoch_progress.current.ready - 1
+
+
 class _Replayable(Callback):
     """Make a resumed run replay the uninterrupted one: the model's random choices (query subsets) are
     reseeded per (epoch, batch), and after a mid-epoch resume the sampler skips the items already trained
@@ -94,11 +100,13 @@ class _Replayable(Callback):
         if progress.is_last_batch or done >= trainer.num_training_batches:
             done = 0
         sampler = getattr(trainer.train_dataloader, "sampler", None)
-        if isinstance(sampler, EpochSampler) and done:
-            sampler.skip_once(done * trainer.train_dataloader.batch_size)
+        if isinstance(sampler, EpochSampler):
+            sampler.epoch_fn = lambda: _running_epoch(trainer)
+            if done:
+                sampler.skip_once(done * trainer.train_dataloader.batch_size)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        s = epoch_seed(self.seed, trainer.current_epoch, batch_idx)
+        s = epoch_seed(self.seed, _running_epoch(trainer), batch_idx)
         torch.manual_seed(s)
         np.random.seed(s % 2**32)
         random.seed(s)
