@@ -10,11 +10,12 @@ __all__ = ["evaluate", "compare"]
 @component
 def evaluate(config: str, overrides: list, workspace: str, dataset: Input[Dataset], model: Input[Model],
              metrics: Output[Metrics], report: Output[Markdown], html_report: Output[HTML],
-             confusion: Output[ClassificationMetrics]):
+             confusion: Output[ClassificationMetrics], clip_weights: str = ""):
     """AP / AP50 / AP25 / mIoU / mCov / mWCov / mPrec / mRec, per-class report with plots, confusion."""
     from oseg3d.steps import tasks
 
-    tasks.evaluate(config, overrides, workspace, dataset, model, metrics, report, html_report, confusion)
+    tasks.evaluate(config, overrides, workspace, dataset, model, metrics, report, html_report, confusion,
+                   clip_weights)
 
 
 @component

@@ -9,17 +9,17 @@ __all__ = ["train", "transfer"]
 
 @component
 def train(config: str, overrides: list, workspace: str, dataset: Input[Dataset], model: Output[Model],
-          metrics: Output[Metrics], init: Input[Model] = None):
+          metrics: Output[Metrics], init: Input[Model] = None, clip_weights: str = ""):
     """Train a config on a dataset (a retry resumes from the last checkpoint in the step's home)."""
     from oseg3d.steps import tasks
 
-    tasks.train(config, overrides, workspace, dataset, model, metrics, init)
+    tasks.train(config, overrides, workspace, dataset, model, metrics, init, clip_weights)
 
 
 @component
 def transfer(source: Input[Model], target_config: str, workspace: str, init: Output[Model],
-             report: Output[Markdown]):
+             report: Output[Markdown], clip_weights: str = ""):
     """Init weights for the target config by key mapping, with a loaded/missing/unexpected report."""
     from oseg3d.steps import tasks
 
-    tasks.transfer(source, target_config, workspace, init, report)
+    tasks.transfer(source, target_config, workspace, init, report, clip_weights)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["QUICK_SV", "QUICK_MV", "run_local", "compile_to", "submit", "summary_table"]
+__all__ = ["PIPELINES", "QUICK_SV", "QUICK_MV", "run_local", "compile_to", "submit", "summary_table"]
 
 # CPU-sized schedules for the default local run: the code path of a real run, a few steps long
 QUICK_SV = ["train.max_steps=4", "data.batch_size=2", "data.num_workers=0", "schedule.warmup_iters=2",
@@ -21,12 +21,16 @@ QUICK_MV = ["train.max_steps=2", "data.batch_size=1", "data.num_frames=4", "data
             "schedule.warmup_iters=1", "data.val_max_items=1"]
 
 
-def _pipeline(name: str):
-    if name == "route1":
-        from pipelines.route1 import route1
+PIPELINES = ("route1", "routes")
 
-        return route1
-    raise ValueError(f"unknown pipeline {name!r} (known: route1)")
+
+def _module(name: str):
+    """The pipeline module: route1 (❶ only) or routes (❶ → ❷ → ❸)."""
+    import importlib
+
+    if name not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r} (known: {', '.join(PIPELINES)})")
+    return importlib.import_module(f"pipelines.{name}")
 
 
 def run_local(args: dict, runs_dir: str = "runs", resume: str = "", runner: str = "subprocess",
@@ -61,7 +65,7 @@ def run_local(args: dict, runs_dir: str = "runs", resume: str = "", runner: str 
     else:
         chosen = local.SubprocessRunner(use_venv=False)
     local.init(runner=chosen, pipeline_root=str(root), raise_on_error=True)
-    _pipeline(pipeline)(**args)
+    getattr(_module(pipeline), pipeline)(**args)
     return run
 
 
@@ -87,11 +91,7 @@ def compile_to(path: str, pipeline: str = "route1", data_pvc: str = "", s3_secre
     from pipelines.cluster import ClusterOptions
 
     opts = ClusterOptions(data_pvc=data_pvc, s3_secret=s3_secret)
-    if pipeline != "route1":
-        raise ValueError(f"unknown pipeline {pipeline!r} (known: route1)")
-    from pipelines.route1 import build
-
-    compiler.Compiler().compile(build(opts), package_path=path)
+    compiler.Compiler().compile(_module(pipeline).build(opts), package_path=path)
     return path
 
 

@@ -181,7 +181,7 @@ def transfer(
     from oseg3d.steps import transfer as transfer_step
 
     try:
-        summary = transfer_step.run(source, target_config, out, _parse_mapping(map))
+        summary = transfer_step.run(source, target_config, out, _parse_mapping(map) or None)
     except OsegError as e:
         _fail(e)
     typer.echo(json.dumps(summary))
@@ -238,6 +238,20 @@ def bench_model_cmd(
         data_sv, data_mv = prepare_data(Path(work), scenes, frames, workers)
     bench_model(data_sv, data_mv, os.path.join(work, "bench_model.json"), dtype=dtype, sv_batch=sv_batch,
                 mv_batch=mv_batch, clip=clip, iters=iters, profile=profile)
+
+
+@bench_app.command("routes")
+def bench_routes_cmd(
+    work: str = typer.Option("runs/bench-routes", help="Working folder (synthetic world, datasets, JSON)."),
+    scenes: int = typer.Option(4), frames: int = typer.Option(81), workers: int = typer.Option(8),
+    sv_batch: int = typer.Option(16), iters: int = typer.Option(8),
+) -> None:
+    """Routes ❶/❷/❸ on the GPU: SV step and peak memory, online ms/frame, the 2D branch, precompute_clip."""
+    from pathlib import Path
+
+    from oseg3d.bench.routes import bench_routes
+
+    bench_routes(Path(work), str(Path(work) / "bench_routes.json"), scenes, frames, workers, sv_batch, iters)
 
 
 model_app = typer.Typer(no_args_is_help=True, help="Model inspection.")

@@ -18,22 +18,27 @@ def _repo_on_path() -> None:
         sys.path.insert(0, os.getcwd())
 
 
-def _pipeline_args(raw: str, scenes: int, frames: int, points: int, benchmark: str, sv_set: list[str],
-                   mv_set: list[str], quick: bool, gpus: int) -> dict:
+def _pipeline_args(pipeline: str, raw: str, scenes: int, frames: int, points: int, benchmark: str,
+                   sv_set: list[str], mv_set: list[str], quick: bool, gpus: int, clip_weights: str) -> dict:
     from pipelines.local import QUICK_MV, QUICK_SV
 
-    return {
+    args = {
         "raw_uri": raw, "synth_scenes": scenes, "synth_frames": frames, "points_per_frame": points,
         "sv_kind": f"{benchmark}_sv", "mv_kind": f"{benchmark}_mv",
-        "sv_config": f"ESAM_sv_3d_{benchmark}", "mv_config": f"ESAM_online_3d_{benchmark}",
         "sv_overrides": (QUICK_SV if quick else []) + list(sv_set),
         "mv_overrides": (QUICK_MV if quick else []) + list(mv_set), "gpus": gpus,
     }
+    if pipeline == "route1":
+        return {**args, "sv_config": f"ESAM_sv_3d_{benchmark}", "mv_config": f"ESAM_online_3d_{benchmark}"}
+    configs = {f"r{i}_{m}_config": f"ESAM_{'sv' if m == 'sv' else 'online'}_{r}_{benchmark}"
+               for i, r in ((1, "3d"), (2, "3dtsa"), (3, "bifusion")) for m in ("sv", "mv")}
+    return {**args, **configs, "benchmark": benchmark, "clip_weights": clip_weights}
 
 
 @pipeline_app.command("run")
 def run(
     local: bool = typer.Option(True, "--local/--cluster", help="Run here with kfp.local (the only mode of `run`)."),
+    pipeline: str = typer.Option("route1", help="route1 (❶) | routes (❶ → ❷ → ❸ with precompute_clip)."),
     runner: str = typer.Option("subprocess", help="subprocess (this environment) | docker (our image)."),
     resume: str = typer.Option("", help="Run id under --runs-dir to continue: finished steps are skipped."),
     runs_dir: str = typer.Option("runs", help="Where run folders go."),
@@ -45,6 +50,8 @@ def run(
     sv_set: list[str] = typer.Option([], help="SV config override key=value (repeatable)."),
     mv_set: list[str] = typer.Option([], help="MV config override key=value (repeatable)."),
     quick: bool = typer.Option(True, help="CPU-sized schedules (a few steps per stage); --no-quick = the configs'."),
+    clip_weights: str = typer.Option("", help="OpenAI ViT-B/16 open_clip state dict (path or s3://) for route ❸; "
+                                              "empty = random conv1, labelled random-init in every report."),
 ) -> None:
     """Run the whole DAG on this machine; prints the routes' metrics table and where the reports are."""
     if not local:
@@ -52,8 +59,8 @@ def run(
     _repo_on_path()
     from pipelines.local import run_local, summary_table
 
-    args = _pipeline_args(raw, scenes, frames, points, benchmark, sv_set, mv_set, quick, 0)
-    run_dir = run_local(args, runs_dir, resume, runner)
+    args = _pipeline_args(pipeline, raw, scenes, frames, points, benchmark, sv_set, mv_set, quick, 0, clip_weights)
+    run_dir = run_local(args, runs_dir, resume, runner, pipeline)
     md, htmls = summary_table(run_dir)
     typer.echo("\n" + md)
     typer.echo(f"run: {run_dir}  (resume with: oseg3d pipeline run --local --resume {run_dir.name})")
@@ -64,6 +71,7 @@ def run(
 @pipeline_app.command("compile")
 def compile_(
     output: str = typer.Option("pipeline.yaml", "-o", "--output", help="Where to write the KFP IR YAML."),
+    pipeline: str = typer.Option("routes", help="routes (❶ → ❷ → ❸) | route1."),
     data_pvc: str = typer.Option("", help="PVC with raw ScanNet to mount on create_data (see manifests/)."),
     s3_secret: str = typer.Option("oseg3d-s3", help="Secret with the object-store credentials ('' = none)."),
 ) -> None:
@@ -71,7 +79,7 @@ def compile_(
     _repo_on_path()
     from pipelines.local import compile_to
 
-    typer.echo(compile_to(output, data_pvc=data_pvc, s3_secret=s3_secret))
+    typer.echo(compile_to(output, pipeline, data_pvc=data_pvc, s3_secret=s3_secret))
 
 
 @pipeline_app.command("submit")

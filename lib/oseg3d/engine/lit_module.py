@@ -43,9 +43,19 @@ class ESAMLitModule(L.LightningModule):
         logs["train/loss_aux"] = sum((v.detach() for k, v in losses.items() if k.startswith("aux")),
                                      torch.zeros((), device=total.device))
         logs["train/loss"] = total.detach()
+        logs.update(self.clip_logs())
         self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=n_frames)
         self.log("loss", total.detach(), prog_bar=True, on_step=True, logger=False, batch_size=n_frames)
         return total
+
+    def clip_logs(self) -> dict[str, float]:
+        """`train/clip_fallback_frames`: frames whose CLIP conv1 ran online so far (no precomputed features;
+        cumulative, this process, every forward of the model incl. validation); {} without a Bi-Fusion encoder.
+        Should stay 0 once `precompute_clip` has run over the dataset."""
+        bi = getattr(self.model, "bi_encoder", None)
+        if bi is None:
+            return {}
+        return {"train/clip_fallback_frames": float(bi.fallback_frames)}
 
     def on_train_batch_start(self, batch, batch_idx):
         self._t_batch_start = time.perf_counter()

@@ -1,9 +1,13 @@
 """Online inference over a stream of frames: model step → per-frame post-processing → online merge.
 
-`OnlineSegmenter.step` consumes one frame (a PointBatch of one frame, scan coordinates) and updates the
-scene's global instances; `result` gives the top instances over every point seen so far. A `timer`
-(a callable returning a context manager per component name) lets benchmarks attribute time to the
-backbone, memory, decoder, post-processing and merge without changing this code path.
+`OnlineSegmenter.step` consumes one frame (a PointBatch of one frame, scan coordinates; for route ❸ also
+its CLIP fields `clip_pix`/`clip_global`/`clip_valid`, or `image`) and updates the scene's global
+instances; `result` gives the top instances over every point seen so far. The encoder is the model's own
+`ESAM.voxel_features` with the memory (backbone + memory + Tiny-SA neck, or the Bi-Fusion encoder), so
+every route streams through the same code as training. A `timer` (a callable returning a context manager
+per component name) lets benchmarks attribute time to the backbone (the whole encoder but the memory:
+3D U-Net, neck, 2D branch and fusion), memory, decoder, post-processing and merge without changing
+this code path.
 """
 from __future__ import annotations
 
@@ -11,9 +15,8 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from spconv.pytorch import SparseConvTensor
 
-from oseg3d.models.batch import PointBatch, voxelize
+from oseg3d.models.batch import PointBatch
 from oseg3d.models.online_merge import OnlineMerger
 from oseg3d.models.postprocess import FramePrediction, postprocess_frame
 
@@ -55,16 +58,11 @@ class OnlineSegmenter:
     def step(self, frame: PointBatch) -> FramePrediction:
         """Process one frame; returns its own post-processed prediction (the merge state is updated)."""
         m, t = self.model, self.timer
-        with t("backbone"):
-            vox = voxelize(frame.coord, frame.feat, frame.batch_index, 1, m.voxel_size)
-            stem, enc = m.backbone.encode(SparseConvTensor(vox.features, vox.indices, vox.spatial_shape, 1))
-        if m.memory is not None:
-            with t("memory"):
-                enc = m.memory(enc, vox.origin)
-        with t("backbone"):
-            out = m.backbone.decode(stem, enc)
+        with _Phases(t, m.memory) as phases:
+            phases.switch("backbone")
+            vox, voxel_feat = m.voxel_features(frame, frame.coord, use_memory=True)
         with t("decoder"):
-            pf = out.features[vox.point2voxel]
+            pf = voxel_feat[vox.point2voxel]
             n_sp = int(frame.superpoint.max()) + 1
             sp_feat, sp_xyz, _ = m.pooling(frame.coord, pf, frame.superpoint, n_sp)
             pred = m.decoder([sp_feat], [torch.cat([frame.coord.to(pf.dtype), pf], 1)], [frame.superpoint], None, [sp_xyz])
@@ -84,6 +82,37 @@ class OnlineSegmenter:
     def result(self):
         """(masks (m, points seen) bool, labels, scores) of the scene's top instances."""
         return self.merger.result(self.cfg.output_topk)
+
+
+class _Phases:
+    """Times the encoder as "backbone" and, inside it, each memory call as "memory" (hooks on the memory
+    switch between the two), so the two names add up to the encoder's time without double counting.
+    With the null timer it does nothing."""
+
+    def __init__(self, timer, memory):
+        self.timer, self.memory, self.cm, self.hooks = timer, memory, None, []
+
+    def __enter__(self) -> "_Phases":
+        if self.timer is not _null_timer and self.memory is not None:
+            self.hooks = [self.memory.register_forward_pre_hook(lambda *_: self.switch("memory")),
+                          self.memory.register_forward_hook(lambda *_: self.switch("backbone"))]
+        return self
+
+    def switch(self, name: str | None) -> None:
+        if self.timer is _null_timer:
+            return
+        if self.cm is not None:
+            cm, self.cm = self.cm, None
+            cm.__exit__(None, None, None)
+        if name is not None:
+            self.cm = self.timer(name)
+            self.cm.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
+        self.switch(None)
 
 
 def _mask_boxes(coord: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -53,16 +53,29 @@ def set_conv_algo(module: nn.Module, algo: ConvAlgo) -> None:
 
 
 def half_sparse_for_inference(model: nn.Module) -> nn.Module:
-    """Cast the sparse parts (backbone, memory) to fp16 for mixed-precision inference on the GPU.
+    """Cast the sparse parts to fp16 for mixed-precision inference on the GPU.
+
+    The sparse parts are the 3D U-Net (`backbone`, or route ❸'s `bi_encoder.backbone3d`) and the
+    `memory` adapters, plus any spconv layer a neck may hold (Tiny-SA holds none: it is dense attention
+    and stays fp32 under autocast like the decoder; its input, the U-Net's fp16 output, is autocast's
+    business). Route ❸'s fusion layers (conv_reduce, projections, FiLM) are dense and its frozen CLIP
+    conv1 keeps its own dtype.
 
     In training spconv casts its inputs to fp16 under autocast itself; its inference path does not,
     and has kernels for fp16/fp32 only (bf16 finds none), so eval under autocast needs the sparse
     weights in fp16. The dense parts stay in fp32 under autocast. Mutates and returns `model`.
     """
-    for name in ("backbone", "memory"):
-        part = getattr(model, name, None)
+    bi = getattr(model, "bi_encoder", None)
+    parts = [getattr(model, "backbone", None), getattr(model, "memory", None),
+             getattr(bi, "backbone3d", None) if bi is not None else None]
+    for part in parts:
         if part is not None:
             part.half()
+    for neck in (getattr(model, "neck", None), getattr(bi, "neck", None) if bi is not None else None):
+        if neck is not None:
+            for m in neck.modules():
+                if isinstance(m, SparseConvolution):
+                    m.half()
     return model
 
 

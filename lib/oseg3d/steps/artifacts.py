@@ -88,9 +88,9 @@ def read_ref(artifact_path: str) -> Handle:
     return Handle(ref["home"], ref["fingerprint"])
 
 
-def completed(home: str, fp: str) -> dict | None:
+def completed(home: str, fp: str, name: str = MARKER_NAME) -> dict | None:
     """The completion record of `home` if it was written for fingerprint `fp`, else None."""
-    marker = join(home, MARKER_NAME)
+    marker = join(home, name)
     if not storage.exists(marker):
         return None
     record = storage.read_json(marker)
@@ -143,26 +143,34 @@ def _local_output(home: str) -> Iterator[str]:
 
 
 def run_step(step: str, params: dict, inputs: dict[str, Handle], artifact_path: str, artifact_uri: str,
-             workspace: str, body: Callable[[str, dict[str, str]], dict]) -> tuple[Handle, dict]:
+             workspace: str, body: Callable[[str, dict[str, str]], dict], in_place: str = "") -> tuple[Handle, dict]:
     """Run `body(out_dir, local_inputs)` unless this exact step already completed in its home.
 
     Returns the output handle (also written into the artifact) and the body's result (the stored one on a
     skip). The completion marker is written after everything else has reached the home.
+
+    `in_place` names an input whose home the step adds files to instead of getting its own (precompute_clip
+    adds a feature cache beside a dataset's frames without copying them); its marker is then
+    `_COMPLETE.<step>.json`, so the upstream step's own marker stays as it was.
     """
     fp = fingerprint(step, params, [inputs[k].fingerprint for k in sorted(inputs)])
-    home = home_for(step, fp, artifact_path, artifact_uri, workspace)
+    home = inputs[in_place].uri if in_place else home_for(step, fp, artifact_path, artifact_uri, workspace)
+    marker = f"_COMPLETE.{step}.json" if in_place else MARKER_NAME
     handle = Handle(home, fp)
-    record = completed(home, fp)
+    record = completed(home, fp, marker)
     if record is not None:
         say(f"{step}: skipped, already complete in {home} (fingerprint {fp[:12]})")
         write_ref(artifact_path, handle)
         return handle, record["result"]
     say(f"{step}: running (fingerprint {fp[:12]}, home {home})")
     start = time.time()
-    with _local_output(home) as out, ExitStack() as stack:
-        staged = {name: stack.enter_context(local_input(h)) for name, h in inputs.items()}
-        result = body(out, staged)
-    storage.write_json(join(home, MARKER_NAME), {
+    if in_place:  # the step writes through the storage layer into the (possibly remote) input's home
+        result = body(home, {in_place: home})
+    else:
+        with _local_output(home) as out, ExitStack() as stack:
+            staged = {name: stack.enter_context(local_input(h)) for name, h in inputs.items()}
+            result = body(out, staged)
+    storage.write_json(join(home, marker), {
         "step": step, "fingerprint": fp, "params": params, "version": __version__,
         "inputs": {k: v.fingerprint for k, v in inputs.items()}, "result": result,
         "seconds": round(time.time() - start, 1)})

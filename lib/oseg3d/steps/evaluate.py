@@ -46,14 +46,16 @@ def run(config: str, dataset: str, model_weights: str, out_dir: str, overrides: 
     validator = make_validator(cfg)
     validator.reset()
     d = cfg.data
+    # Bi-Fusion: per-frame CLIP features (precomputed, else the image for conv1 online), as in training
+    clip = {"clip_features": bool(getattr(d, "clip_features", False)), "raw_root": getattr(d, "raw_root", "") or ""}
     if d.mode == "sv":
-        ds = SVFrameDataset(dataset, "val", d.benchmark)
+        ds = SVFrameDataset(dataset, "val", d.benchmark, **clip)
         ds = Subset(ds, range(min(max_items, len(ds)))) if max_items else ds
         batches = DataLoader(ds, batch_size=4, num_workers=min(4, d.num_workers), collate_fn=collate_frames)
         to_dev = lambda b: {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()}  # noqa: E731
         items = (to_dev(b) for b in batches)
     else:
-        ds = MVClipDataset(dataset, "val", d.benchmark, num_frames=-1)
+        ds = MVClipDataset(dataset, "val", d.benchmark, num_frames=-1, **clip)
         items = (ds[i] for i in range(min(max_items, len(ds)) if max_items else len(ds)))
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     if dev.type == "cuda":

@@ -12,7 +12,17 @@ import os
 
 from oseg3d.steps.artifacts import publish, read_ref, run_step
 
-__all__ = ["create_data", "train", "transfer", "evaluate", "compare"]
+__all__ = ["create_data", "precompute_clip", "train", "transfer", "evaluate", "compare"]
+
+
+def clip_overrides(config: str, clip_weights: str) -> list[str]:
+    """Where a Bi-Fusion config's frozen CLIP conv1 comes from: the given weights, else an explicit random
+    init (every report then says "random-init"); nothing for the 3D routes."""
+    from oseg3d.configs import load_config
+
+    if load_config(config).model.encoder != "bifusion":
+        return []
+    return [f"model.clip_weights={clip_weights}"] if clip_weights else ["model.clip_random_init=true"]
 
 
 def create_data(kind: str, raw_uri: str, synth_scenes: int, synth_frames: int, num_points: int, workspace: str,
@@ -30,7 +40,21 @@ def create_data(kind: str, raw_uri: str, synth_scenes: int, synth_frames: int, n
     return result
 
 
-def train(config: str, overrides: list, workspace: str, dataset, model, metrics, init=None) -> dict:
+def precompute_clip(clip_weights: str, workspace: str, dataset, features, report) -> dict:
+    """CLIP conv1 features of every frame the loaders use, added beside the dataset's frames."""
+    from oseg3d.steps import precompute_clip as step
+
+    source = read_ref(dataset.path)
+    body = lambda home, _: _jsonable(step.run(home, weights=clip_weights, random_init=not clip_weights))  # noqa: E731
+    handle, result = run_step("precompute_clip", {"clip_weights": clip_weights}, {"dataset": source},
+                              features.path, features.uri, workspace, body, in_place="dataset")
+    open(report.path, "w").write("# precompute_clip\n\n" + "\n".join(f"- {k}: {v}" for k, v in result.items()) + "\n")
+    features.metadata.update({"home": handle.uri, "clip_source": result.get("source", "")})
+    return result
+
+
+def train(config: str, overrides: list, workspace: str, dataset, model, metrics, init=None,
+          clip_weights: str = "") -> dict:
     """Train (a retry, or a rerun with the same workspace, resumes from the home's last checkpoint)."""
     from oseg3d.steps import train as step
 
@@ -40,9 +64,10 @@ def train(config: str, overrides: list, workspace: str, dataset, model, metrics,
 
     def body(out: str, local: dict[str, str]) -> dict:
         weights = os.path.join(local["init"], "init.safetensors") if "init" in local else None
-        return _jsonable(step.run(config, local["dataset"], out, overrides=list(overrides), init=weights))
+        return _jsonable(step.run(config, local["dataset"], out, overrides=overrides, init=weights))
 
-    handle, summary = run_step("train", {"config": config, "overrides": list(overrides)}, inputs, model.path,
+    overrides = clip_overrides(config, clip_weights) + list(overrides)
+    handle, summary = run_step("train", {"config": config, "overrides": overrides}, inputs, model.path,
                                model.uri, workspace, body)
     publish(handle, "metrics.csv", os.path.join(model.path, "metrics.csv"))
     publish(handle, "config.yaml", os.path.join(model.path, "config.yaml"))
@@ -53,21 +78,24 @@ def train(config: str, overrides: list, workspace: str, dataset, model, metrics,
     return summary
 
 
-def transfer(source, target_config: str, workspace: str, init, report) -> dict:
+def transfer(source, target_config: str, workspace: str, init, report, clip_weights: str = "") -> dict:
     """Init weights for `target_config` from the source model's best weights, with a load report."""
     from oseg3d.steps import transfer as step
 
     def body(out: str, local: dict[str, str]) -> dict:
-        return _jsonable(step.run(os.path.join(local["source"], "model_best.safetensors"), target_config, out))
+        return _jsonable(step.run(os.path.join(local["source"], "model_best.safetensors"), target_config, out,
+                                  overrides=overrides))
 
-    handle, result = run_step("transfer", {"target_config": target_config}, {"source": read_ref(source.path)},
+    overrides = clip_overrides(target_config, clip_weights)
+    handle, result = run_step("transfer", {"target_config": target_config, "overrides": overrides},
+                              {"source": read_ref(source.path)},
                               init.path, init.uri, workspace, body)
     publish(handle, "transfer_report.md", report.path)
     return result
 
 
 def evaluate(config: str, overrides: list, workspace: str, dataset, model, metrics, report, html_report,
-             confusion) -> dict:
+             confusion, clip_weights: str = "") -> dict:
     """Scores (scalar Metrics), the Markdown and HTML reports and the semantic confusion matrix."""
     from oseg3d.steps import evaluate as step
 
@@ -75,9 +103,10 @@ def evaluate(config: str, overrides: list, workspace: str, dataset, model, metri
 
     def body(out: str, local: dict[str, str]) -> dict:
         weights = os.path.join(local["model"], "model_best.safetensors")
-        return _jsonable(step.run(config, local["dataset"], weights, out, list(overrides)))
+        return _jsonable(step.run(config, local["dataset"], weights, out, overrides))
 
-    handle, result = run_step("evaluate", {"config": config, "overrides": list(overrides)}, inputs, metrics.path,
+    overrides = clip_overrides(config, clip_weights) + list(overrides)
+    handle, result = run_step("evaluate", {"config": config, "overrides": overrides}, inputs, metrics.path,
                               metrics.uri, workspace, body)
     for k, v in result.items():
         if isinstance(v, (int, float)) and not math.isnan(v):
