@@ -71,7 +71,7 @@ def run(
 @pipeline_app.command("compile")
 def compile_(
     output: str = typer.Option("pipeline.yaml", "-o", "--output", help="Where to write the KFP IR YAML."),
-    pipeline: str = typer.Option("routes", help="routes (❶ → ❷ → ❸) | route1."),
+    pipeline: str = typer.Option("route1", help="route1 (❶) | routes (❶ → ❷ → ❸)."),
     data_pvc: str = typer.Option("", help="PVC with raw ScanNet to mount on create_data (see manifests/)."),
     s3_secret: str = typer.Option("oseg3d-s3", help="Secret with the object-store credentials ('' = none)."),
 ) -> None:
