@@ -1,12 +1,12 @@
 """Route ❶ DAG: create_data (SV, MV) → train SV → transfer → train MV → evaluate SV, MV → compare."""
 # no `from __future__ import annotations`: KFP reads the real annotation objects
-from kfp import compiler, dsl
+from kfp import dsl
 
 from components.evaluation import compare
 from pipelines.cluster import ClusterOptions
 from pipelines.stages import Stages
 
-__all__ = ["build", "route1", "compile_pipeline"]
+__all__ = ["build", "route1"]
 
 
 def build(opts: ClusterOptions = ClusterOptions()):
@@ -28,8 +28,3 @@ def build(opts: ClusterOptions = ClusterOptions()):
 
 route1 = build()
 
-
-def compile_pipeline(path: str, opts: ClusterOptions = ClusterOptions()) -> str:
-    """Write the KFP IR YAML of route ❶ to `path`."""
-    compiler.Compiler().compile(build(opts), package_path=path)
-    return path

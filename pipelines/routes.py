@@ -6,13 +6,13 @@ identity) → MV. ❸ Bi-Fusion on datasets with precomputed CLIP conv1 features
 evaluations side by side.
 """
 # no `from __future__ import annotations`: KFP reads the real annotation objects
-from kfp import compiler, dsl
+from kfp import dsl
 
 from components.evaluation import compare
 from pipelines.cluster import ClusterOptions
 from pipelines.stages import Stages
 
-__all__ = ["build", "routes", "compile_pipeline"]
+__all__ = ["build", "routes"]
 
 
 def build(opts: ClusterOptions = ClusterOptions()):
@@ -44,8 +44,3 @@ def build(opts: ClusterOptions = ClusterOptions()):
 
 routes = build()
 
-
-def compile_pipeline(path: str, opts: ClusterOptions = ClusterOptions()) -> str:
-    """Write the KFP IR YAML of ❶ → ❷ → ❸ to `path`."""
-    compiler.Compiler().compile(build(opts), package_path=path)
-    return path

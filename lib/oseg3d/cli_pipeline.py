@@ -1,8 +1,6 @@
 """`oseg3d pipeline ...`: run the KFP DAG locally (kfp.local), resume it, compile it, submit it."""
 from __future__ import annotations
 
-import os
-import sys
 from typing import Optional
 
 import typer
@@ -10,12 +8,6 @@ import typer
 __all__ = ["pipeline_app"]
 
 pipeline_app = typer.Typer(no_args_is_help=True, help="The KFP pipeline: run locally, compile, submit.")
-
-
-def _repo_on_path() -> None:
-    """components/ and pipelines/ are packaged too; from a source checkout they also import from the cwd."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
 
 
 def _pipeline_args(pipeline: str, raw: str, scenes: int, frames: int, points: int, benchmark: str,
@@ -56,7 +48,6 @@ def run(
     """Run the whole DAG on this machine; prints the routes' metrics table and where the reports are."""
     if not local:
         raise typer.BadParameter("use `oseg3d pipeline submit` for a cluster")
-    _repo_on_path()
     from pipelines.local import run_local, summary_table
 
     args = _pipeline_args(pipeline, raw, scenes, frames, points, benchmark, sv_set, mv_set, quick, 0, clip_weights)
@@ -76,7 +67,6 @@ def compile_(
     s3_secret: str = typer.Option("oseg3d-s3", help="Secret with the object-store credentials ('' = none)."),
 ) -> None:
     """Write the pipeline's KFP IR YAML (upload it in the UI or submit it with `kfp run create`)."""
-    _repo_on_path()
     from pipelines.local import compile_to
 
     typer.echo(compile_to(output, pipeline, data_pvc=data_pvc, s3_secret=s3_secret))
@@ -91,7 +81,6 @@ def submit(
     param: list[str] = typer.Option([], "--param", "-p", help="Pipeline parameter key=value (repeatable)."),
 ) -> None:
     """Submit a compiled pipeline with kfp.Client (token from KFP_TOKEN)."""
-    _repo_on_path()
     import yaml
 
     from pipelines.local import submit as do_submit

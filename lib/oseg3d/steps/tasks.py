@@ -10,7 +10,9 @@ import json
 import math
 import os
 
+from oseg3d import storage
 from oseg3d.steps.artifacts import publish, read_ref, run_step
+from oseg3d.storage.uri import join
 
 __all__ = ["create_data", "precompute_clip", "train", "transfer", "evaluate", "compare"]
 
@@ -114,13 +116,12 @@ def evaluate(config: str, overrides: list, workspace: str, dataset, model, metri
     metrics.metadata["config"] = config
     publish(handle, "report.md", report.path)
     publish(handle, "report.html", html_report.path)
-    conf_path = os.path.join(metrics.path + ".confusion.json")
-    if publish(handle, "confusion.json", conf_path):
-        conf = json.loads(open(conf_path).read())
+    conf_uri = join(handle.uri, "confusion.json")
+    if storage.exists(conf_uri):
+        conf = storage.read_json(conf_uri)
         names, matrix = step.top_confusion(conf["labels"], conf["matrix"])
         if names:  # the KFP UI draws up to a few dozen classes legibly; the full matrix stays in the home
             confusion.log_confusion_matrix(names, matrix)
-        os.remove(conf_path)
     return result
 
 
