@@ -16,9 +16,9 @@ __all__ = ["PIPELINES", "QUICK_SV", "QUICK_MV", "run_local", "compile_to", "subm
 
 # CPU-sized schedules for the default local run: the code path of a real run, a few steps long
 QUICK_SV = ["train.max_steps=4", "data.batch_size=2", "data.num_workers=0", "schedule.warmup_iters=2",
-            "data.val_max_items=4"]
+            "data.val_max_items=4", "train.keep_checkpoints=1"]
 QUICK_MV = ["train.max_steps=2", "data.batch_size=1", "data.num_frames=4", "data.num_workers=0",
-            "schedule.warmup_iters=1", "data.val_max_items=1"]
+            "schedule.warmup_iters=1", "data.val_max_items=1", "train.keep_checkpoints=1"]
 
 
 PIPELINES = ("route1", "routes")

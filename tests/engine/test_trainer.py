@@ -9,8 +9,11 @@ import textwrap
 
 from safetensors.torch import load_file
 
+import torch
+
 from oseg3d.configs import load_config
 from oseg3d.engine.trainer import fit
+from oseg3d.steps.train import make_validator
 
 
 def _cfg(root, steps, extra=()):
@@ -42,6 +45,18 @@ def test_fit_writes_outputs_and_resumes(datasets, tmp_path):
     assert _steps(run) == [0, 1, 2, 3]
     second = load_file(str(run / "model_last.safetensors"))
     assert any(not (first[k] == second[k]).all() for k in first if first[k].is_floating_point())
+
+
+def test_checkpoints_one_full_last_and_weights_only_top_k(datasets, tmp_path):
+    root = str(datasets["scannet200_sv"][0])
+    cfg = _cfg(root, 3, ["train.ckpt_every_steps=1", "train.keep_checkpoints=1", "data.val_max_items=2"])
+    fit(cfg, str(tmp_path), make_validator(cfg))
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "last.ckpt" in names and len(names) == 2, names  # no last-v1.ckpt from the second last-saver
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert "optimizer_states" in last  # resume needs it
+    (best,) = [n for n in names if n != "last.ckpt"]
+    assert "optimizer_states" not in torch.load(tmp_path / "checkpoints" / best, weights_only=True, map_location="cpu")
 
 
 def test_ddp_two_gloo_processes(datasets, tmp_path):

@@ -54,10 +54,19 @@ def test_two_rooms_agnostic():
     # room 1: best IoUs 0.8, 2/3, 2/3 → Cov 32/45, WCov (8 + 16/3)/18 = 20/27; room 2: 0.5
     assert out["mcov"] == pytest.approx((32 / 45 + 0.5) / 2)
     assert out["mwcov"] == pytest.approx((20 / 27 + 0.5) / 2)
-    # TP: p1, p2, p3 (room 1), p1, p2 (room 2, IoU 0.5 each); FP: p4 (best 0.4). 4 GT instances, so
-    # recall 5/4: ASIS counts predictions, not matched GTs.
+    # TP: p1, p2, p3 (room 1), p1, p2 (room 2, IoU 0.5 each); FP: p4 (best 0.4). Room 2's two predictions
+    # both hit inst 5: ASIS's recall would be 5/4; each GT counts once here, so 4/4.
     assert out["mprec"] == pytest.approx(5 / 6)
-    assert out["mrec"] == pytest.approx(5 / 4)
+    assert out["mrec"] == pytest.approx(1.0)
+
+
+def test_duplicates_do_not_push_recall_past_one():
+    inst = np.array([1] * 10 + [2] * 10)
+    sem = np.full(20, 3)
+    dupes = (_masks(20, (0, 10), (0, 9), (1, 10), (0, 8)), np.array([3, 3, 3, 3]))  # four hits on inst 1
+    out = evaluate_coverage([dupes], [inst], [sem], class_ids=(3,), class_names=("cabinet",))
+    assert out["mprec"] == pytest.approx(1.0)
+    assert out["mrec"] == pytest.approx(0.5)  # inst 2 is missed
 
 
 def test_gt_of_other_classes_left_out():

@@ -67,3 +67,35 @@ def test_pipeline_run_local_kill_during_training_then_resume(tmp_path):
         assert f"skipped, already complete in {run / 'kfp' / '_work' / home}" in log, home
     assert "train: resuming from" in log
     assert _scores(run) == expected
+
+
+def _markers(run: Path, step: str) -> dict[str, dict]:
+    """Complete records of one step kind, by home fingerprint."""
+    return {json.loads(m.read_text())["fingerprint"]: json.loads(m.read_text())
+            for m in (run / "kfp" / "_work").glob(f"{step}-*/_COMPLETE.json")}
+
+
+def test_pipeline_run_local_routes_hand_weights_down_the_chain(tmp_path):
+    """❶ → ❷ → ❸ at toy scale: six evaluations, CLIP features precomputed, each route initialised from the
+    previous one's best weights (❷ SV ← ❶ SV, ❸ SV ← ❷ MV) with nothing shape-mismatched."""
+    proc = subprocess.run(_cmd(tmp_path, "--pipeline", "routes"), cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in ("❶ SV", "❶ MV", "❷ SV", "❷ MV", "❸ SV", "❸ MV"):
+        assert f"| {row} |" in proc.stdout, row
+    (run,) = tmp_path.iterdir()
+    scores = _scores(run)
+    assert set(scores) == {f"ESAM_{m}_{r}_scannet200" for m in ("sv", "online") for r in ("3d", "3dtsa", "bifusion")}
+    for config, result in scores.items():
+        assert 0.0 <= result["miou"] <= 1.0, config
+        assert result["mrec"] is None or 0.0 <= result["mrec"] <= 1.0, config
+
+    trains = {rec["params"]["config"]: fp for fp, rec in _markers(run, "train").items()}
+    handoffs = {rec["params"]["target_config"]: rec for rec in _markers(run, "transfer").values()}
+    for target, source in (("ESAM_sv_3dtsa_scannet200", "ESAM_sv_3d_scannet200"),
+                           ("ESAM_sv_bifusion_scannet200", "ESAM_online_3dtsa_scannet200")):
+        rec = handoffs[target]
+        assert rec["inputs"]["source"] == trains[source], target
+        assert rec["result"]["loaded"] > 0 and rec["result"]["shape_mismatch"] == 0, rec["result"]
+    # both datasets carry the CLIP conv1 features route ❸ trains on
+    assert len(list((run / "kfp" / "_work").glob("create_data-*/_COMPLETE.precompute_clip.json"))) == 2

@@ -2,7 +2,7 @@
 
 Run folder (local):
     config.yaml               the resolved config
-    checkpoints/*.ckpt        top-k by the monitored validation metric + last.ckpt (for resume)
+    checkpoints/*.ckpt        top-k weights by the monitored validation metric + last.ckpt (full, for resume)
     metrics.csv               loss terms, lr, data / iteration time, GPU memory every `log_every` steps
     model_best.safetensors    best weights (pickle-free hand-off to transfer / evaluate)
     model_last.safetensors
@@ -139,11 +139,15 @@ def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | 
     dm = ESAMDataModule.from_config(d, cfg.train.seed)
     lit = ESAMLitModule(model, d.mode, cfg.optim, cfg.schedule, validator, cfg.train.log_every)
     monitor = cfg.train.monitor if validator is not None else None
+    # top-k by the metric, weights only (they only feed the best-weights export: a third of a full
+    # checkpoint's size); last.ckpt, with optimizer and loop state, is the one resume needs
     ckpt = ModelCheckpoint(dirpath=run / "checkpoints", monitor=monitor, mode="max", save_top_k=cfg.train.keep_checkpoints if monitor else 0,
-                           save_last=True, filename="epoch{epoch:03d}-step{step:06d}", auto_insert_metric_name=False)
-    callbacks = [ckpt, TQDMProgressBar(refresh_rate=10), _Replayable(cfg.train.seed)]
+                           save_weights_only=True, filename="epoch{epoch:03d}-step{step:06d}", auto_insert_metric_name=False)
+    # both last-savers write the one last.ckpt (the version counter would add a second, last-v1.ckpt)
+    last_saver = ModelCheckpoint(dirpath=run / "checkpoints", save_top_k=0, save_last=True, enable_version_counter=False)
+    callbacks = [ckpt, last_saver, TQDMProgressBar(refresh_rate=10), _Replayable(cfg.train.seed)]
     if cfg.train.ckpt_every_steps > 0:  # mid-epoch last.ckpt, so a kill loses at most this many steps
-        callbacks.append(ModelCheckpoint(dirpath=run / "checkpoints", save_top_k=0, save_last=True,
+        callbacks.append(ModelCheckpoint(dirpath=run / "checkpoints", save_top_k=0, save_last=True, enable_version_counter=False,
                                          every_n_train_steps=cfg.train.ckpt_every_steps))
     trainer = L.Trainer(
         default_root_dir=str(run), max_epochs=cfg.schedule.epochs, max_steps=cfg.train.max_steps,
@@ -173,8 +177,18 @@ def _export(run: Path, ckpt: ModelCheckpoint, lit: ESAMLitModule, summary: dict)
     best = ckpt.best_model_path
     if best and os.path.isfile(best):
         save_weights(load_state_dict(best), str(run / "model_best.safetensors"))
-    else:  # no validation metric: the last weights are the best we have
-        shutil.copyfile(run / "model_last.safetensors", run / "model_best.safetensors")
+    else:  # no validation metric: the last weights are the best we have (a hard link: same bytes, no 2nd copy)
+        _link_or_copy(run / "model_last.safetensors", run / "model_best.safetensors")
     tmp = run / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, run / "summary.json")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # file systems without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)

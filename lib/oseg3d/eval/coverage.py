@@ -9,8 +9,12 @@ Reference: ASIS `models/ASIS/eval_iou_accuracy.py` (reference/esam.md §4.3). Pe
   instances of class c (0 without any). Cov = their mean; WCov = their mean weighted by GT point count.
   MUCov_c / MWCov_c = mean over those rooms; mCov / mWCov = mean over classes.
 - Precision / recall at IoU ≥ 0.5, no one-to-one matching: a prediction of class c is a TP when its best
-  IoU with a GT instance of class c reaches 0.5. Prec_c = ΣTP / (ΣTP + ΣFP), Rec_c = ΣTP / #GT_c, sums
-  over all rooms (so duplicates can push recall above 1, as in ASIS).
+  IoU with a GT instance of class c reaches 0.5; Prec_c = ΣTP / (ΣTP + ΣFP). A GT instance is recalled when
+  its best IoU with a prediction of class c reaches 0.5; Rec_c = Σrecalled / #GT_c. Sums over all rooms.
+
+Deviation from ASIS, on purpose: ASIS's recall is ΣTP / #GT, counting predictions, so duplicates push it
+past 100 % — on unsuppressed single-view output (top-100, no score threshold) we saw 327 %. Counting each
+GT once keeps recall a recall; both agree whenever no two predictions hit the same GT instance.
 
 ASIS averages classes with `np.mean`, which turns a class without GT (or without predictions, for
 precision) into a NaN total. ScanNet scenes rarely hold every class, so the class means here skip NaN
@@ -25,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from oseg3d.eval.instance_ap import OBJECT_ID, SceneInstances
-from oseg3d.eval.overlap import as_mask_stack, partition_intersections
+from oseg3d.eval.overlap import as_mask_stack, compact_ids, partition_intersections
 
 __all__ = ["mode_labels", "evaluate_coverage", "evaluate_coverage_agnostic"]
 
@@ -34,7 +38,7 @@ IOU_THRESHOLD = 0.5
 
 def _group_mode(group: np.ndarray, values: np.ndarray, num_groups: int) -> np.ndarray:
     """Most frequent value per group (ties: the smallest value); groups without points get -1."""
-    uniq, val_idx = np.unique(values, return_inverse=True)
+    uniq, val_idx = compact_ids(values)
     counts = np.bincount(group * len(uniq) + val_idx, minlength=num_groups * len(uniq))
     counts = counts.reshape(num_groups, len(uniq))
     return np.where(counts.any(1), uniq[counts.argmax(1)] if len(uniq) else -1, -1)
@@ -63,7 +67,7 @@ def _room(masks: np.ndarray, labels: np.ndarray, instance: np.ndarray, semantic:
     semantic = np.asarray(semantic, np.int64).ravel()
     masks = as_mask_stack(masks, len(instance))
     has = instance > 0
-    ids, inv = np.unique(instance[has], return_inverse=True)
+    ids, inv = compact_ids(instance[has])
     gt_class = _group_mode(inv, semantic[has], len(ids))
     keep = np.isin(gt_class, class_ids)
     region = np.full(len(instance), -1, np.int64)
@@ -85,7 +89,7 @@ def _evaluate(preds, gt_instances, gt_semantics, class_ids, class_names, agnosti
     eval_ids = np.array((OBJECT_ID,) if agnostic else class_ids, np.int64)
     cov = [[] for _ in eval_ids]
     wcov = [[] for _ in eval_ids]
-    tp, fp, n_gt = (np.zeros(len(eval_ids), np.int64) for _ in range(3))
+    tp, fp, recalled, n_gt = (np.zeros(len(eval_ids), np.int64) for _ in range(4))
     for pred, inst, sem in zip(preds, gt_instances, gt_semantics):
         iou, pred_class, gt_class, gt_size = _room(pred[0], pred[1], inst, sem, np.asarray(class_ids), agnostic)
         present = np.union1d(gt_class, pred_class)
@@ -94,6 +98,7 @@ def _evaluate(preds, gt_instances, gt_semantics, class_ids, class_names, agnosti
             n_gt[c] += g.sum()
             if g.any():
                 best = iou[np.ix_(p, g)].max(0, initial=0.0)
+                recalled[c] += (best >= IOU_THRESHOLD).sum()
                 cov[c].append(best.mean())
                 wcov[c].append((best * gt_size[g]).sum() / gt_size[g].sum())
             if p.any():
@@ -106,7 +111,7 @@ def _evaluate(preds, gt_instances, gt_semantics, class_ids, class_names, agnosti
             "cov": np.array([np.mean(x) if x else np.nan for x in cov]),
             "wcov": np.array([np.mean(x) if x else np.nan for x in wcov]),
             "prec": tp / (tp + fp),
-            "rec": tp / n_gt,
+            "rec": recalled / n_gt,
         }
         out = {f"m{k}": float(np.nanmean(v)) for k, v in per.items()}
     names = ("object",) if agnostic else tuple(class_names)

@@ -30,7 +30,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from oseg3d.eval.overlap import as_mask_stack, partition_intersections
+from oseg3d.eval.overlap import as_mask_stack, compact_ids, partition_intersections
 from oseg3d.scannet.labels import SCANNET20_IDS, SCANNET20_NAMES, scannet200_classes
 
 __all__ = [
@@ -125,7 +125,7 @@ def _scene_stats(pred: SceneInstances, gt_ids: np.ndarray, class_ids: np.ndarray
     if not len(masks) == len(labels) == len(scores):
         raise ValueError(f"{len(masks)} masks, {len(labels)} labels, {len(scores)} scores")
 
-    uniq, inverse, counts = np.unique(gt_ids, return_inverse=True, return_counts=True)
+    uniq, inverse, counts = compact_ids(gt_ids, return_counts=True)
     is_inst = (uniq != 0) & np.isin(uniq // _ID_BASE, class_ids)
     n_inst = int(is_inst.sum())
     # Region per point: GT instance index, or n_inst for void (every non-instance point is void).
