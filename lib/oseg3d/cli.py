@@ -220,38 +220,62 @@ def bench_data_cmd(
     bench_data(work, scenes=scenes, frames=frames, workers=workers)
 
 
-@bench_app.command("model")
-def bench_model_cmd(
-    data_sv: Optional[str] = typer.Option(None, help="Processed scannet200_sv dataset (default: synthesise)."),
-    data_mv: Optional[str] = typer.Option(None, help="Processed scannet200_mv dataset (default: synthesise)."),
-    work: str = typer.Option("runs/bench-model", help="Working folder for the synthetic data and the JSON."),
-    dtype: str = typer.Option("bf16", help="Autocast dtype: bf16 | fp16 | fp32."),
-    sv_batch: int = typer.Option(16), mv_batch: int = typer.Option(4), clip: int = typer.Option(8),
-    iters: int = typer.Option(10), scenes: int = typer.Option(4), frames: int = typer.Option(81),
-    workers: int = typer.Option(os.cpu_count() or 1),
-    profile: bool = typer.Option(False, help="Also write a torch.profiler table of one SV step."),
+_ROUTES_HELP = "Comma-separated routes: 3d, 3dtsa, bifusion."
+
+
+@bench_app.command("online")
+def bench_online_cmd(
+    work: str = typer.Option("runs/bench", help="Working folder (synthetic world and datasets are reused)."),
+    routes: str = typer.Option("3d,3dtsa,bifusion", help=_ROUTES_HELP),
+    scenes: int = typer.Option(3), frames: int = typer.Option(81), workers: int = typer.Option(os.cpu_count() or 1),
+    stream_frames: int = typer.Option(40, help="Frames of the val scene streamed per pass."),
 ) -> None:
-    """Route 1 at real size: SV / MV training steps and per-frame online latency by component."""
-    from oseg3d.bench.model import bench_model, prepare_data
+    """Online per-frame latency per route: components, p50/p90, backbone alone, naive reference, profile."""
+    from oseg3d.bench.online import bench_online
 
-    if data_sv is None or data_mv is None:
-        data_sv, data_mv = prepare_data(Path(work), scenes, frames, workers)
-    bench_model(data_sv, data_mv, os.path.join(work, "bench_model.json"), dtype=dtype, sv_batch=sv_batch,
-                mv_batch=mv_batch, clip=clip, iters=iters, profile=profile)
+    bench_online(Path(work), os.path.join(work, "bench_online.json"), tuple(routes.split(",")), scenes=scenes,
+                 frames=frames, workers=workers, stream_frames=stream_frames)
 
 
-@bench_app.command("routes")
-def bench_routes_cmd(
-    work: str = typer.Option("runs/bench-routes", help="Working folder (synthetic world, datasets, JSON)."),
-    scenes: int = typer.Option(4), frames: int = typer.Option(81), workers: int = typer.Option(8),
-    sv_batch: int = typer.Option(16), iters: int = typer.Option(8),
+@bench_app.command("train")
+def bench_train_cmd(
+    work: str = typer.Option("runs/bench", help="Working folder (synthetic world and datasets are reused)."),
+    routes: str = typer.Option("3d", help=_ROUTES_HELP),
+    scenes: int = typer.Option(3), frames: int = typer.Option(81), workers: int = typer.Option(os.cpu_count() or 1),
+    steps: int = typer.Option(30, help="Timed steps per run (after 5 warm-up steps)."),
+    set_: list[str] = typer.Option([], "--set", help="Config override for every run, key=value (repeatable)."),
 ) -> None:
-    """Routes ❶/❷/❸ on the GPU: SV step and peak memory, online ms/frame, the 2D branch, precompute_clip."""
-    from pathlib import Path
+    """SV and MV training frames/s through the real trainer, data wait share, GPU busy share, peak memory."""
+    from oseg3d.bench.train import bench_train
 
-    from oseg3d.bench.routes import bench_routes
+    bench_train(Path(work), os.path.join(work, "bench_train.json"), tuple(routes.split(",")), scenes=scenes,
+                frames=frames, workers=workers, steps=steps, overrides=tuple(set_))
 
-    bench_routes(Path(work), str(Path(work) / "bench_routes.json"), scenes, frames, workers, sv_batch, iters)
+
+@bench_app.command("clip")
+def bench_clip_cmd(
+    work: str = typer.Option("runs/bench", help="Working folder (synthetic world and datasets are reused)."),
+    scenes: int = typer.Option(3), frames: int = typer.Option(241, help="Raw frames per scene (all are used)."),
+    workers: int = typer.Option(os.cpu_count() or 1), batch_size: int = typer.Option(64),
+) -> None:
+    """precompute_clip frames/s, decode and writes included."""
+    from oseg3d.bench.clip import bench_clip
+
+    bench_clip(Path(work), os.path.join(work, "bench_clip.json"), scenes=scenes, frames=frames, workers=workers,
+               batch_size=batch_size)
+
+
+@bench_app.command("eval")
+def bench_eval_cmd(
+    work: str = typer.Option("runs/bench", help="Where the JSON goes."),
+    scenes: int = typer.Option(312, help="Val scenes (ScanNet val: 312)."),
+    points: int = typer.Option(150_000, help="Mesh points per scene."),
+    benchmark: str = typer.Option("scannet200", help="scannet200 (class-agnostic) | scannet."),
+) -> None:
+    """Seconds to score a val set: collect + instance AP, coverage, semantic IoU."""
+    from oseg3d.bench.eval import bench_eval
+
+    bench_eval(os.path.join(work, "bench_eval.json"), scenes=scenes, points=points, benchmark=benchmark)
 
 
 model_app = typer.Typer(no_args_is_help=True, help="Model inspection.")

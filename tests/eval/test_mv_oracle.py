@@ -15,7 +15,7 @@ from oseg3d.data import processed
 from oseg3d.data.create_data import CreateDataParams, create_data
 from oseg3d.data.datasets import MVClipDataset
 from oseg3d.eval.mesh_mapping import map_to_mesh
-from oseg3d.eval.validation import _Collector
+from oseg3d.eval.validation import ScoreCollector
 from oseg3d.models.online import _mask_boxes
 from oseg3d.models.online_merge import OnlineMerger
 from oseg3d.scannet.labels import class_mapping
@@ -29,7 +29,7 @@ def test_oracle_online_mv_scores_near_perfect_on_the_mesh(tmp_path):
     create_data(str(tmp_path / "raw"), root, CreateDataParams(kind="scannet200_mv"))
     ds = MVClipDataset(root, "val", "scannet200", num_frames=-1)
     lut = class_mapping("scannet200")
-    col = _Collector("scannet200", True, 200)
+    col = ScoreCollector("scannet200", True, 200)
     for i in range(len(ds)):
         frames = ds[i]
         merger, coords = OnlineMerger("code"), []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oseg3d.eval.validation import _Collector, raw_ids_of_classes
+from oseg3d.eval.validation import ScoreCollector, raw_ids_of_classes
 from oseg3d.models.online import OnlineConfig  # noqa: F401  (the validators' config type)
 from oseg3d.scannet.labels import class_mapping
 
@@ -26,7 +26,7 @@ def _oracle_scene(rng, n=3000):
 def test_oracle_predictions_score_perfectly_class_aware_and_agnostic():
     rng = np.random.default_rng(0)
     for agnostic, bench, nsem in ((False, "scannet", 20), (True, "scannet200", 200)):
-        col = _Collector(bench, agnostic, nsem)
+        col = ScoreCollector(bench, agnostic, nsem)
         for _ in range(2):
             inst, cls, masks = _oracle_scene(rng)
             col.add(masks, cls[[np.flatnonzero(inst == i)[0] for i in range(1, 5)]] - 2, np.ones(4), inst, cls, cls)

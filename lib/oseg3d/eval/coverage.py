@@ -30,6 +30,7 @@ import numpy as np
 
 from oseg3d.eval.instance_ap import OBJECT_ID, SceneInstances
 from oseg3d.eval.overlap import as_mask_stack, compact_ids, partition_intersections
+from oseg3d.eval.parallel import scene_map
 
 __all__ = ["mode_labels", "evaluate_coverage", "evaluate_coverage_agnostic"]
 
@@ -83,15 +84,17 @@ def _room(masks: np.ndarray, labels: np.ndarray, instance: np.ndarray, semantic:
     return iou, pred_class, gt_class, gt_size
 
 
-def _evaluate(preds, gt_instances, gt_semantics, class_ids, class_names, agnostic) -> dict:
+def _evaluate(preds, gt_instances, gt_semantics, class_ids, class_names, agnostic, workers) -> dict:
     if not len(preds) == len(gt_instances) == len(gt_semantics):
         raise ValueError(f"{len(preds)} predicted rooms, {len(gt_instances)} / {len(gt_semantics)} GT rooms")
     eval_ids = np.array((OBJECT_ID,) if agnostic else class_ids, np.int64)
     cov = [[] for _ in eval_ids]
     wcov = [[] for _ in eval_ids]
     tp, fp, recalled, n_gt = (np.zeros(len(eval_ids), np.int64) for _ in range(4))
-    for pred, inst, sem in zip(preds, gt_instances, gt_semantics):
-        iou, pred_class, gt_class, gt_size = _room(pred[0], pred[1], inst, sem, np.asarray(class_ids), agnostic)
+    ids = np.asarray(class_ids)
+    rooms = scene_map(lambda i: _room(preds[i][0], preds[i][1], gt_instances[i], gt_semantics[i], ids, agnostic),
+                      len(preds), workers)
+    for iou, pred_class, gt_class, gt_size in rooms:
         present = np.union1d(gt_class, pred_class)
         for c in np.flatnonzero(np.isin(eval_ids, present)):  # classes absent from the room add nothing
             g, p = gt_class == eval_ids[c], pred_class == eval_ids[c]
@@ -121,7 +124,7 @@ def _evaluate(preds, gt_instances, gt_semantics, class_ids, class_names, agnosti
 
 def evaluate_coverage(preds: Sequence[SceneInstances], gt_instances: Sequence[np.ndarray],
                       gt_semantics: Sequence[np.ndarray], class_ids: Sequence[int],
-                      class_names: Sequence[str]) -> dict:
+                      class_names: Sequence[str], workers: int = 1) -> dict:
     """mCov, mWCov, mPrec, mRec over rooms (ASIS definitions).
 
     Args:
@@ -130,6 +133,7 @@ def evaluate_coverage(preds: Sequence[SceneInstances], gt_instances: Sequence[np
         gt_semantics: per room (N,) int raw semantic id per point.
         class_ids: raw ids of the evaluated classes; GT instances of other classes are left out.
         class_names: one name per class id.
+        workers: processes for the per-room work (see `scene_map`).
 
     Returns:
         {"mcov", "mwcov", "mprec", "mrec": float, "classes": {name: {"cov", "wcov", "prec", "rec"}}};
@@ -137,15 +141,15 @@ def evaluate_coverage(preds: Sequence[SceneInstances], gt_instances: Sequence[np
     """
     if len(class_ids) != len(class_names):
         raise ValueError(f"{len(class_ids)} class ids but {len(class_names)} names")
-    return _evaluate(preds, gt_instances, gt_semantics, class_ids, class_names, agnostic=False)
+    return _evaluate(preds, gt_instances, gt_semantics, class_ids, class_names, False, workers)
 
 
 def evaluate_coverage_agnostic(preds: Sequence[SceneInstances], gt_instances: Sequence[np.ndarray],
-                               gt_semantics: Sequence[np.ndarray], class_ids: Sequence[int]) -> dict:
+                               gt_semantics: Sequence[np.ndarray], class_ids: Sequence[int], workers: int = 1) -> dict:
     """Class-agnostic mCov / mWCov / mPrec / mRec: every GT instance of `class_ids` and every prediction
     is one class "object" (the GT class is still the mode, so instances of other classes stay out).
 
     Returns:
         As `evaluate_coverage`, with the single class "object".
     """
-    return _evaluate(preds, gt_instances, gt_semantics, class_ids, ("object",), agnostic=True)
+    return _evaluate(preds, gt_instances, gt_semantics, class_ids, ("object",), True, workers)

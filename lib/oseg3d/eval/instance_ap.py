@@ -31,6 +31,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from oseg3d.eval.overlap import as_mask_stack, compact_ids, partition_intersections
+from oseg3d.eval.parallel import scene_map
 from oseg3d.scannet.labels import SCANNET20_IDS, SCANNET20_NAMES, scannet200_classes
 
 __all__ = [
@@ -260,7 +261,7 @@ def _summarise(ap: np.ndarray, class_names: Sequence[str]) -> dict:
 
 
 def evaluate_instances(preds: Sequence[SceneInstances], gts: Sequence[SceneGT], class_ids: Sequence[int],
-                       class_names: Sequence[str], min_region_size: int = MIN_REGION_SIZE) -> dict:
+                       class_names: Sequence[str], min_region_size: int = MIN_REGION_SIZE, workers: int = 1) -> dict:
     """ScanNet instance AP over a set of scenes.
 
     Args:
@@ -269,6 +270,7 @@ def evaluate_instances(preds: Sequence[SceneInstances], gts: Sequence[SceneGT], 
         class_ids: raw ids of the evaluated classes (e.g. `instance_classes("scannet")[0]`).
         class_names: one name per class id.
         min_region_size: GT instances and predictions with fewer points are ignored / dropped.
+        workers: processes for the per-scene work (see `scene_map`).
 
     Returns:
         {"all_ap", "all_ap_50%", "all_ap_25%": float, "classes": {name: {"ap", "ap50%", "ap25%"}}};
@@ -280,7 +282,8 @@ def evaluate_instances(preds: Sequence[SceneInstances], gts: Sequence[SceneGT], 
         raise ValueError(f"{len(class_ids)} class ids but {len(class_names)} names")
     order = np.argsort(class_ids)
     sorted_ids = np.asarray(class_ids, np.int64)[order]
-    stats = [_scene_stats(SceneInstances(*p), g, sorted_ids, min_region_size) for p, g in zip(preds, gts)]
+    stats = scene_map(lambda i: _scene_stats(SceneInstances(*preds[i]), gts[i], sorted_ids, min_region_size),
+                      len(preds), workers)
     ap_sorted = _ap_matrix(stats, len(class_ids))
     ap = np.empty_like(ap_sorted)
     ap[order] = ap_sorted  # back to the caller's class order
@@ -288,7 +291,8 @@ def evaluate_instances(preds: Sequence[SceneInstances], gts: Sequence[SceneGT], 
 
 
 def evaluate_instances_agnostic(preds: Sequence[SceneInstances], gts: Sequence[SceneGT],
-                                class_ids: Sequence[int], min_region_size: int = MIN_REGION_SIZE) -> dict:
+                                class_ids: Sequence[int], min_region_size: int = MIN_REGION_SIZE,
+                                workers: int = 1) -> dict:
     """Class-agnostic AP (ESAM's `instance_cat_agnostic_eval`): one class "object".
 
     Every GT instance of a class in `class_ids` becomes an "object" instance (its instance number kept,
@@ -304,14 +308,31 @@ def evaluate_instances_agnostic(preds: Sequence[SceneInstances], gts: Sequence[S
     Returns:
         As `evaluate_instances`, with the single class "object".
     """
-    ids = np.asarray(class_ids, np.int64)
-    agn_gts = []
-    for g in gts:
-        g = np.asarray(g, np.int64)
-        thing = (g != 0) & np.isin(g // _ID_BASE, ids)
-        agn_gts.append(np.where(thing, OBJECT_ID * _ID_BASE + g % _ID_BASE, 0))
-    agn_preds = []
-    for p in preds:
-        p = SceneInstances(*p)
-        agn_preds.append(p._replace(labels=np.full(len(np.asarray(p.labels).reshape(-1)), OBJECT_ID)))
-    return evaluate_instances(agn_preds, agn_gts, (OBJECT_ID,), ("object",), min_region_size)
+    return evaluate_instances(_Agnostic(preds), _AgnosticGT(gts, class_ids), (OBJECT_ID,), ("object",),
+                              min_region_size, workers)
+
+
+class _Agnostic:
+    """Predictions relabelled "object", one scene at a time (a whole set unpacked at once is GBs)."""
+
+    def __init__(self, preds: Sequence[SceneInstances]):
+        self.preds = preds
+
+    def __len__(self) -> int:
+        return len(self.preds)
+
+    def __getitem__(self, i: int) -> SceneInstances:
+        p = SceneInstances(*self.preds[i])
+        return p._replace(labels=np.full(len(np.asarray(p.labels).reshape(-1)), OBJECT_ID))
+
+
+class _AgnosticGT(_Agnostic):
+    """GT ids with every thing instance an "object" (its instance number kept), other points void."""
+
+    def __init__(self, gts: Sequence[SceneGT], class_ids: Sequence[int]):
+        self.preds, self.ids = gts, np.asarray(class_ids, np.int64)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        g = np.asarray(self.preds[i], np.int64)
+        thing = (g != 0) & np.isin(g // _ID_BASE, self.ids)
+        return np.where(thing, OBJECT_ID * _ID_BASE + g % _ID_BASE, 0)

@@ -25,7 +25,7 @@ from oseg3d.models.online import OnlineConfig, OnlineSegmenter
 from oseg3d.models.postprocess import postprocess_frame
 from oseg3d.scannet.labels import SCANNET20_IDS, SCANNET20_NAMES, class_mapping, scannet200_classes
 
-__all__ = ["SVValidator", "MVValidator", "raw_ids_of_classes"]
+__all__ = ["ScoreCollector", "SVValidator", "MVValidator", "raw_ids_of_classes"]
 
 
 def raw_ids_of_classes(benchmark: str) -> np.ndarray:
@@ -58,7 +58,7 @@ class _PackedScenes:
         return (self[i] for i in range(len(self)))
 
 
-class _Collector:
+class ScoreCollector:
     """Shared bookkeeping: predictions, GT per scene, confusion matrix; `compute` → flat metrics."""
 
     def __init__(self, benchmark: str, class_agnostic: bool, num_semantic: int):
@@ -86,13 +86,15 @@ class _Collector:
         self.gt_sem.append(gt_raw)
         self.confusion.update(pred_class, gt_class)
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, workers: int = 1) -> dict[str, float]:
+        """Flat metrics over every scene added; `workers` > 1 forks processes for the per-scene work."""
+        w = workers
         if self.class_agnostic:
-            ap = evaluate_instances_agnostic(self.preds, self.gt_ids, self.thing_ids)
-            cov = evaluate_coverage_agnostic(self.preds, self.gt_inst, self.gt_sem, self.thing_ids)
+            ap = evaluate_instances_agnostic(self.preds, self.gt_ids, self.thing_ids, workers=w)
+            cov = evaluate_coverage_agnostic(self.preds, self.gt_inst, self.gt_sem, self.thing_ids, workers=w)
         else:
-            ap = evaluate_instances(self.preds, self.gt_ids, self.thing_ids, self.thing_names)
-            cov = evaluate_coverage(self.preds, self.gt_inst, self.gt_sem, self.thing_ids, self.thing_names)
+            ap = evaluate_instances(self.preds, self.gt_ids, self.thing_ids, self.thing_names, workers=w)
+            cov = evaluate_coverage(self.preds, self.gt_inst, self.gt_sem, self.thing_ids, self.thing_names, workers=w)
         sem = self.confusion.compute(self.sem_names)
         self.last = {"ap": ap, "semantic": sem, "coverage": cov}
         return flat_metrics(ap, sem, cov)
@@ -103,7 +105,7 @@ def _point_classes(sem_logits: torch.Tensor, sp_index: torch.Tensor, num_semanti
     return sem_logits[:, :num_semantic].argmax(1)[sp_index].cpu().numpy()
 
 
-class SVValidator(_Collector):
+class SVValidator(ScoreCollector):
     """Per-frame evaluation of single-view predictions (ESAM SV test: top-100, no score threshold)."""
 
     def __init__(self, benchmark: str, class_agnostic: bool, num_semantic: int, cfg: OnlineConfig):
@@ -124,7 +126,7 @@ class SVValidator(_Collector):
                      inst.cpu().numpy(), sem.cpu().numpy(), _point_classes(pred["sem_preds"][i].float(), sp, self.num_semantic))
 
 
-class MVValidator(_Collector):
+class MVValidator(ScoreCollector):
     """Online evaluation: stream each scene, merge, map to the mesh, score against the mesh GT."""
 
     def __init__(self, benchmark: str, class_agnostic: bool, num_semantic: int, cfg: OnlineConfig, root: str):

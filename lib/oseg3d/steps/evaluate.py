@@ -19,8 +19,9 @@ from oseg3d.data.datasets import MVClipDataset, SVFrameDataset
 from oseg3d.engine.weights import load_state_dict, partial_load
 from oseg3d.eval import html
 from oseg3d.eval.report import ap_table_markdown, summary_markdown
+from oseg3d.eval.parallel import default_workers
 from oseg3d.models.build import build_model
-from oseg3d.models.sparse import half_sparse_for_inference
+from oseg3d.models.inference import prepare_for_inference
 from oseg3d.steps.train import make_validator, resolve_config
 
 __all__ = ["run", "top_confusion"]
@@ -40,9 +41,7 @@ def run(config: str, dataset: str, model_weights: str, out_dir: str, overrides: 
     model = build_model(cfg.model)
     if model_weights != "random-init":
         partial_load(model, load_state_dict(model_weights), {}, model_weights)
-    model.to(dev).eval()
-    if dev.type == "cuda":
-        half_sparse_for_inference(model)
+    prepare_for_inference(model, dev)  # BN folded; sparse parts fp16 on the GPU
     validator = make_validator(cfg)
     validator.reset()
     d = cfg.data
@@ -66,7 +65,7 @@ def run(config: str, dataset: str, model_weights: str, out_dir: str, overrides: 
             validator.update(model, item)
             frames += _num_frames(item)
     seconds = time.perf_counter() - start
-    metrics = validator.compute()
+    metrics = validator.compute(workers=default_workers())
     # cost columns of the routes' ablation table (wall time includes data loading and scoring)
     metrics["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     metrics["ms_per_frame"] = 1000 * seconds / max(frames, 1)

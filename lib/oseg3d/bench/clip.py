@@ -1,0 +1,46 @@
+"""`oseg3d bench clip`: precompute_clip throughput — frames/s with JPEG decode, resize and the fp16
+safetensors writes (features deleted before each pass, so nothing is skipped).
+
+The loaders' frame lists are short on a small world (SV: every 200th raw frame, MV: every 40th), too short
+to see past the start-up; so this bench builds its own MV dataset over every raw frame (frame stride 1)
+and times two passes: the first includes CUDA/cuDNN start-up, the second is the steady rate."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from oseg3d.bench.common import device, device_name, md_table, write_result
+
+__all__ = ["bench_clip"]
+
+
+def _dataset(work: Path, scenes: int, frames: int, workers: int, points: int) -> str:
+    from oseg3d.data.create_data import CreateDataParams, create_data
+    from oseg3d.scannet.synth import SynthSpec, write_world
+
+    raw, out = work / "clip_raw", work / "clip_scannet200_mv"
+    write_world(raw, SynthSpec(scenes=scenes, frames=frames, seed=7), workers=workers)
+    create_data(str(raw), str(out), CreateDataParams(kind="scannet200_mv", num_points=points, frame_stride=1),
+                workers=workers)
+    return str(out)
+
+
+def bench_clip(work: Path, out_json: str, scenes: int = 3, frames: int = 241, workers: int = 8, points: int = 2000,
+               batch_size: int = 64) -> dict:
+    from oseg3d.steps import precompute_clip
+
+    dev = device()
+    root = _dataset(work, scenes, frames, workers, points)
+    res: dict = {"device": device_name(dev), "workers": workers, "batch_size": batch_size, "runs": {}}
+    for name in ("cold", "warm"):
+        for p in Path(root, "clip_feat").rglob("*.safetensors"):
+            p.unlink()
+        t0 = time.perf_counter()
+        rep = precompute_clip.run(root, random_init=True, workers=workers, batch_size=batch_size, progress=False)
+        wall = time.perf_counter() - t0
+        res["runs"][name] = {**rep, "wall_s": wall, "wall_frames_per_s": rep.get("computed", 0) / wall}
+    rows = [[k, v.get("computed", 0), v["wall_s"], v["wall_frames_per_s"], 1000] for k, v in res["runs"].items()]
+    table = (f"precompute_clip, {res['device']}, {workers} decode workers, batch {batch_size}, every raw frame of a "
+             f"{scenes}×{frames}-frame world (random conv1 weights)\n\n"
+             + md_table(["pass", "frames", "s (incl. model load)", "frames/s", "target"], rows))
+    return write_result(out_json, res, table)
