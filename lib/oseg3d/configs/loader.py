@@ -49,7 +49,13 @@ def _chain(path: Path, seen: tuple = ()) -> list[tuple[Path, dict]]:
     if not isinstance(data, dict):
         raise ConfigError(path, "top level is not a mapping", "write the config as key: value pairs")
     base = data.pop("_base_", None)
-    chain = _chain(_locate(base, path.parent), seen + (path,)) if base else []
+    if not base:
+        return [(path, data)]
+    try:
+        base_path = _locate(str(base), path.parent)
+    except ConfigError as e:  # name the file holding the bad `_base_`, not just the name it asked for
+        raise ConfigError(path, f"_base_ {base!r}: {e.problem}", e.fix) from None
+    chain = _chain(base_path, seen + (path,))
     return chain + [(path, data)]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -26,12 +27,13 @@ from oseg3d import storage
 from oseg3d.data import processed
 from oseg3d.data.report import write_report
 from oseg3d.data.scene_job import CreateDataParams, SceneResult, process_scene
-from oseg3d.errors import DataError
+from oseg3d.errors import ConfigError, DataError, StorageError
 from oseg3d.scannet import layout
 from oseg3d.scannet.labels import read_label_tsv
 
 __all__ = ["CreateDataParams", "create_data", "read_split_lists", "RECIPE_VERSION"]
 
+log = logging.getLogger(__name__)
 RECIPE_VERSION = "esam-1"  # bump when the per-frame recipe changes: every scene is then redone
 _FRAME_KINDS = ("color", "depth", "pose")
 
@@ -102,7 +104,11 @@ def create_data(raw_root: str, out_root: str, params: CreateDataParams, workers:
         The report (also written as report.json / report.md under out_root).
     """
     t0 = time.time()
-    kind = params.dataset_kind
+    try:
+        kind = params.dataset_kind
+    except ValueError as e:  # a typo in a pipeline parameter: say which values exist, not a bare ValueError
+        raise ConfigError(f"kind={params.kind}", str(e), "pass one of scannet_sv, scannet_mv, scannet200_sv, "
+                          "scannet200_mv") from None
     splits = read_split_lists(raw_root)
     tsv_uri = storage.join(raw_root, layout.LABEL_TSV)
     if not storage.exists(tsv_uri):
@@ -129,10 +135,9 @@ def create_data(raw_root: str, out_root: str, params: CreateDataParams, workers:
         fp = _fingerprint(params, inputs, labels_info)
         marker_uri = storage.join(out_root, processed.marker_key(scene))
         if storage.exists(marker_uri):
-            marker = storage.read_json(marker_uri)
-            if marker.get("fingerprint") == fp:
-                marker.pop("fingerprint")
-                done[scene] = SceneResult(**marker)
+            reused = _reuse_marker(marker_uri, fp)
+            if reused is not None:
+                done[scene] = reused
                 continue
         todo.append((scene, indices, inputs, fp))
 
@@ -153,10 +158,38 @@ def create_data(raw_root: str, out_root: str, params: CreateDataParams, workers:
             pool.shutdown(cancel_futures=True)
 
     for split in ("train", "val"):
-        rows = [r for s in splits[split] if s in results and results[s].error is None for r in results[s].rows]
+        # from `order`, not the split lists: a duplicated id must not repeat its rows, nor leak into both splits
+        rows = [r for sp, s in order if sp == split and s in results and results[s].error is None
+                for r in results[s].rows]
         processed.write_manifest(storage.join(out_root, processed.manifest_key(split)), rows, kind.mode, kind.name, split)
     meta = {"kind": kind.name, "schema_version": processed.SCHEMA_VERSION, "recipe": RECIPE_VERSION,
             "raw_root": raw_root, "params": asdict(params)}
     storage.write_json(storage.join(out_root, "dataset.json"), meta)
-    return write_report(out_root, kind.name, results, splits, missing, duplicates,
-                        skipped_by_marker=len(done), elapsed=time.time() - t0)
+    report = write_report(out_root, kind.name, results, splits, missing, duplicates,
+                          skipped_by_marker=len(done), elapsed=time.time() - t0)
+    if report["frames"]["kept"] == 0:
+        # Training on an empty dataset would "succeed" with zero steps; stop here, after writing the report
+        # that lists every skipped frame, failed and absent scene.
+        raise DataError(storage.join(out_root, "report.md"), f"no usable frame: {len(results)} scenes processed "
+                        f"({len(report['scenes']['failed'])} failed), {len(missing)} listed scenes absent, frames "
+                        f"skipped {report['frames']['skipped'] or 'none'}", "repair or add the raw files the "
+                        "report names (or check --raw / the scene filter), then rerun create_data")
+    return report
+
+
+def _reuse_marker(uri: str, fingerprint: str) -> SceneResult | None:
+    """The finished scene's result if its marker matches `fingerprint`; None means "redo the scene".
+
+    A marker that cannot be read (damaged by another tool, or written by an older version with other
+    fields) is treated like a missing one: the scene is redone and the marker rewritten, instead of the
+    whole run stopping on it.
+    """
+    try:
+        marker = storage.read_json(uri)
+        if not isinstance(marker, dict) or marker.get("fingerprint") != fingerprint:
+            return None
+        marker.pop("fingerprint")
+        return SceneResult(**marker)
+    except (StorageError, TypeError) as e:
+        log.warning("%s: unreadable scene marker, redoing the scene (%s)", uri, e)
+        return None

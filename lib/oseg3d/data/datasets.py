@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from oseg3d.clip.features import ClipFeatureReader
 from oseg3d.data import processed
+from oseg3d.errors import DataError
 from oseg3d.scannet.labels import class_mapping
 
 __all__ = ["SVFrameDataset", "MVClipDataset", "COLOR_MEAN", "COLOR_STD", "normalize_color"]
@@ -51,6 +52,28 @@ class _ClipOption:
         return self.clip.fallbacks if self.clip is not None else 0
 
 
+def _manifest_rows(root: str, split: str, benchmark: str, mode: str) -> list[dict]:
+    """The manifest's rows, after checking it was made for this benchmark and mode.
+
+    An SV config on an MV dataset would fail deep inside with a KeyError, and a ScanNet config on a
+    ScanNet200 dataset (or the reverse) would train on silently wrong labels: both are DataErrors here.
+    An empty training split is one too (training would "succeed" with zero steps).
+    """
+    uri = os.path.join(root, processed.manifest_key(split))
+    table = processed.read_manifest(uri)
+    kind = (table.schema.metadata or {}).get(b"oseg3d.kind", b"").decode()
+    want = f"{benchmark}_{mode}"
+    if kind and kind != want:
+        raise DataError(uri, f"is a {kind} manifest, but the config reads {want} (data.benchmark={benchmark}, "
+                        f"data.mode={mode})", f"point data.root at a {want} dataset (create_data {want}), or use a "
+                        f"config made for {kind}")
+    rows = table.to_pylist()
+    if split == "train" and not rows:
+        raise DataError(uri, "the training split has no rows (create_data kept no frame of any train scene)",
+                        "see the dataset's report.md, repair the raw data it names and rerun create_data")
+    return rows
+
+
 def _frame_item(arrays: dict, row: int, lut: np.ndarray) -> dict:
     pts = np.asarray(arrays["points"][row], np.float32)
     return {
@@ -68,7 +91,7 @@ class SVFrameDataset(_ClipOption, Dataset):
     def __init__(self, root: str, split: str, benchmark: str, transform: Callable | None = None,
                  clip_features: bool = False, raw_root: str = ""):
         self.root, self.transform = root, transform
-        self.rows = processed.read_manifest(os.path.join(root, processed.manifest_key(split))).to_pylist()
+        self.rows = _manifest_rows(root, split, benchmark, "sv")
         self.lut = class_mapping(benchmark)
         self.clip = ClipFeatureReader(root, raw_root) if clip_features else None
 
@@ -94,7 +117,7 @@ class MVClipDataset(_ClipOption, Dataset):
     def __init__(self, root: str, split: str, benchmark: str, num_frames: int = 8,
                  transform: Callable | None = None, seed: int = 0, clip_features: bool = False, raw_root: str = ""):
         self.root, self.num_frames, self.transform = root, num_frames, transform
-        self.rows = processed.read_manifest(os.path.join(root, processed.manifest_key(split))).to_pylist()
+        self.rows = _manifest_rows(root, split, benchmark, "mv")
         self.lut = class_mapping(benchmark)
         self.clip = ClipFeatureReader(root, raw_root) if clip_features else None
         self.seed = seed

@@ -57,6 +57,12 @@ class FramePoints:
 
 def _backproject(frame: Frame, intrinsics, rng: np.random.Generator, num_points: int):
     fx, fy, cx, cy = intrinsics
+    h, w = frame.depth.shape
+    # The intrinsics hold for one image size (ESAM's: 640×480 depth). A frame exported at another size
+    # would be back-projected to the wrong place without any error: skip it (counted) instead.
+    if abs(cx - (w - 1) / 2) > w / 8 or abs(cy - (h - 1) / 2) > h / 8:
+        raise FrameSkip("wrong_size", f"depth/{frame.index}.png",
+                        f"{w}×{h} image, but the intrinsics' principal point is ({cx}, {cy})")
     v, u = np.nonzero(frame.depth > MIN_DEPTH_M)
     if len(v) == 0:
         raise FrameSkip("no_valid_depth", f"depth/{frame.index}.png")

@@ -16,13 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 from oseg3d import storage
 from oseg3d.data import processed
 from oseg3d.data.frame_points import SceneGT, frame_to_points
 from oseg3d.data.superpoints import build_mask_generator
-from oseg3d.errors import DataError
+from oseg3d.errors import DataError, StorageError
 from oseg3d.scannet import layout
 from oseg3d.scannet.annotations import apply_transform, build_mesh_gt, read_aggregation, read_axis_align, read_segments
 from oseg3d.scannet.frames import FrameSkip, read_frame
@@ -108,7 +109,12 @@ def _frame_rng(seed: int, scene: str, index: int) -> np.random.Generator:
 
 def _put_arrays(arrays: dict, uri: str, metadata: dict, tmpdir: str) -> None:
     tmp = Path(tmpdir) / Path(uri).name
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=metadata)
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=metadata)
+    except (OSError, SafetensorError) as e:
+        # a full scratch disk: safetensors reports the OSError (ENOSPC, EFBIG) as its own error type
+        raise StorageError(str(tmp), f"could not write the scratch copy ({e})", f"free disk space on the volume "
+                           f"holding {tmpdir} (or set TMPDIR to a larger one), then rerun create_data") from None
     os.chmod(tmp, 0o644)  # safetensors creates 0600 files; datasets are shared read-only
     storage.put_file(str(tmp), uri, move=True)
 

@@ -30,7 +30,7 @@ from oseg3d.configs import ExperimentConfig, save_config
 from oseg3d.data.sampling import EpochSampler, epoch_seed
 from oseg3d.engine.datamodule import ESAMDataModule
 from oseg3d.engine.lit_module import ESAMLitModule
-from oseg3d.engine.weights import LoadReport, load_state_dict, partial_load, save_weights
+from oseg3d.engine.weights import LoadReport, check_fits, load_state_dict, partial_load, save_weights
 from oseg3d.models.build import build_model
 
 __all__ = ["fit", "merge_metrics"]
@@ -160,6 +160,8 @@ def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | 
     )
     last = run / "checkpoints" / "last.ckpt"
     if last.is_file():
+        # a run folder of another config: a named error, not a RuntimeError from deep inside Lightning
+        check_fits(model, load_state_dict(str(last)), str(last))
         print(f"[oseg3d] train: resuming from {last}", file=sys.stderr, flush=True)
     trainer.fit(lit, datamodule=dm, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
     summary = {"global_step": trainer.global_step, "epochs": trainer.current_epoch,

@@ -40,7 +40,8 @@ def run(config: str, dataset: str, model_weights: str, out_dir: str, overrides: 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     if model_weights != "random-init":
-        partial_load(model, load_state_dict(model_weights), {}, model_weights)
+        # strict: another model's weights would leave the rest random and still produce numbers
+        partial_load(model, load_state_dict(model_weights), {}, model_weights, strict=True)
     prepare_for_inference(model, dev)  # BN folded; sparse parts fp16 on the GPU
     validator = make_validator(cfg)
     validator.reset()

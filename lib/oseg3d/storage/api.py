@@ -107,8 +107,15 @@ def read_text(uri: str | os.PathLike, encoding: str = "utf-8") -> str:
 
     Returns:
         The decoded text.
+
+    Raises:
+        StorageError: unreadable, or not text in ``encoding``.
     """
-    return read_bytes(uri).decode(encoding)
+    try:
+        return read_bytes(uri).decode(encoding)
+    except UnicodeDecodeError as exc:  # binary garbage where text belongs: name the file, not the codec
+        raise StorageError(str(uri), f"not {encoding} text ({exc.reason} at byte {exc.start})",
+                           "replace the file with the text file it should be") from exc
 
 
 def write_text(uri: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
@@ -138,7 +145,8 @@ def read_json(uri: str | os.PathLike) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise StorageError(str(uri), f"not valid JSON ({exc})", "rewrite the file with write_json") from exc
+        raise StorageError(str(uri), f"not valid JSON ({exc})",
+                           "rerun the step that wrote it (or restore the file from a copy)") from exc
 
 
 def write_json(uri: str | os.PathLike, obj: Any) -> None:

@@ -21,10 +21,12 @@ from oseg3d.errors import StorageError
 from .checksum import CHUNK_SIZE, HashingReader, Progress
 from .object_info import ObjectInfo
 
-__all__ = ["atomic_writer", "is_temp_name", "os_errors", "exists", "stat", "list_files", "read_bytes",
+__all__ = ["atomic_writer", "is_temp_name", "os_errors", "no_space", "exists", "stat", "list_files", "read_bytes",
            "write_bytes", "put_stream", "get_file", "put_file", "delete", "delete_prefix"]
 
 _TEMP_RE = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}$")
+# Out of space, over quota, or over a file-size limit: waiting or retrying cannot help, the user must free space.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def is_temp_name(name: str) -> bool:
@@ -46,7 +48,16 @@ def os_errors(path: str, what: str) -> Iterator[None]:
     except IsADirectoryError as exc:
         raise StorageError(path, f"{what}: is a directory", "pass a file path") from exc
     except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise no_space(path, what, exc) from exc
         raise StorageError(path, f"{what}: {exc.strerror or exc}", "check the path and free disk space") from exc
+
+
+def no_space(path: str, what: str, exc: OSError) -> StorageError:
+    """The StorageError for a full disk (ENOSPC), an exceeded quota or file-size limit at ``path``."""
+    where = os.path.dirname(os.path.abspath(path))
+    return StorageError(path, f"{what}: {exc.strerror or exc} (disk full or quota/file-size limit reached)",
+                        f"free disk space on the volume holding {where} (or write to a larger one), then rerun")
 
 
 def _fsync_dir(directory: str) -> None:
@@ -81,10 +92,17 @@ def atomic_writer(path: str) -> Iterator[BinaryIO]:
         tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         f = open(tmp, "xb")
     try:
-        with f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            # A full disk shows up in the caller's write() or in fsync/close: name the destination, not a
+            # bare OSError from deep inside the block. Other OSErrors may concern the caller's source.
+            if exc.errno in _NO_SPACE:
+                raise no_space(path, "write", exc) from exc
+            raise
         with os_errors(path, "write"):
             os.replace(tmp, path)
     except BaseException:
