@@ -304,35 +304,33 @@ def evaluate_instances_agnostic(preds: Sequence[SceneInstances], gts: Sequence[S
         gts: per scene benchmark gt ids.
         class_ids: raw ids of the thing classes that count as objects (e.g. the 198 of ScanNet200).
         min_region_size: as in `evaluate_instances`.
+        workers: as in `evaluate_instances`.
 
     Returns:
         As `evaluate_instances`, with the single class "object".
     """
-    return evaluate_instances(_Agnostic(preds), _AgnosticGT(gts, class_ids), (OBJECT_ID,), ("object",),
+    ids = np.asarray(class_ids, np.int64)
+
+    def agnostic_pred(p) -> SceneInstances:
+        p = SceneInstances(*p)
+        return p._replace(labels=np.full(len(np.asarray(p.labels).reshape(-1)), OBJECT_ID))
+
+    def agnostic_gt(g) -> np.ndarray:  # every thing instance an "object" (instance number kept), the rest void
+        g = np.asarray(g, np.int64)
+        return np.where((g != 0) & np.isin(g // _ID_BASE, ids), OBJECT_ID * _ID_BASE + g % _ID_BASE, 0)
+
+    return evaluate_instances(_Lazy(preds, agnostic_pred), _Lazy(gts, agnostic_gt), (OBJECT_ID,), ("object",),
                               min_region_size, workers)
 
 
-class _Agnostic:
-    """Predictions relabelled "object", one scene at a time (a whole set unpacked at once is GBs)."""
+class _Lazy:
+    """`fn` over a sequence, one scene at a time on access (a whole set converted at once is GBs)."""
 
-    def __init__(self, preds: Sequence[SceneInstances]):
-        self.preds = preds
+    def __init__(self, items: Sequence, fn):
+        self.items, self.fn = items, fn
 
     def __len__(self) -> int:
-        return len(self.preds)
+        return len(self.items)
 
-    def __getitem__(self, i: int) -> SceneInstances:
-        p = SceneInstances(*self.preds[i])
-        return p._replace(labels=np.full(len(np.asarray(p.labels).reshape(-1)), OBJECT_ID))
-
-
-class _AgnosticGT(_Agnostic):
-    """GT ids with every thing instance an "object" (its instance number kept), other points void."""
-
-    def __init__(self, gts: Sequence[SceneGT], class_ids: Sequence[int]):
-        self.preds, self.ids = gts, np.asarray(class_ids, np.int64)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        g = np.asarray(self.preds[i], np.int64)
-        thing = (g != 0) & np.isin(g // _ID_BASE, self.ids)
-        return np.where(thing, OBJECT_ID * _ID_BASE + g % _ID_BASE, 0)
+    def __getitem__(self, i: int):
+        return self.fn(self.items[i])
