@@ -255,7 +255,7 @@ def bench_train_cmd(
 @bench_app.command("clip")
 def bench_clip_cmd(
     work: str = typer.Option("runs/bench", help="Working folder (synthetic world and datasets are reused)."),
-    scenes: int = typer.Option(3), frames: int = typer.Option(241, help="Raw frames per scene (all are used)."),
+    scenes: int = typer.Option(3), frames: int = typer.Option(81, help="Raw frames per scene (all are used)."),
     workers: int = typer.Option(os.cpu_count() or 1), batch_size: int = typer.Option(64),
 ) -> None:
     """precompute_clip frames/s, decode and writes included."""

@@ -15,17 +15,18 @@ __all__ = ["bench_clip"]
 
 
 def _dataset(work: Path, scenes: int, frames: int, workers: int, points: int) -> str:
+    """An MV dataset over every raw frame of the benches' shared world."""
     from oseg3d.data.create_data import CreateDataParams, create_data
     from oseg3d.scannet.synth import SynthSpec, write_world
 
-    raw, out = work / "clip_raw", work / "clip_scannet200_mv"
-    write_world(raw, SynthSpec(scenes=scenes, frames=frames, seed=7), workers=workers)
+    raw, out = work / "raw", work / "clip_scannet200_mv"
+    write_world(raw, SynthSpec(scenes=scenes, frames=frames, seed=5), workers=workers)  # as prepare_data: reused
     create_data(str(raw), str(out), CreateDataParams(kind="scannet200_mv", num_points=points, frame_stride=1),
                 workers=workers)
     return str(out)
 
 
-def bench_clip(work: Path, out_json: str, scenes: int = 3, frames: int = 241, workers: int = 8, points: int = 2000,
+def bench_clip(work: Path, out_json: str, scenes: int = 3, frames: int = 81, workers: int = 8, points: int = 2000,
                batch_size: int = 64) -> dict:
     from oseg3d.steps import precompute_clip
 

@@ -9,6 +9,7 @@ time / wall) and the kernel launches per step — how launch-bound the step is.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,8 @@ def _steps(run: Path) -> tuple[np.ndarray, np.ndarray]:
         rows = [r for r in csv.DictReader(f) if r.get("train/iter_time_s") and r.get("train/data_time_s")]
     it = np.array([float(r["train/iter_time_s"]) for r in rows])[SKIP:]
     data = np.array([float(r["train/data_time_s"]) for r in rows])[SKIP:]
+    if len(it) == 0:
+        raise ValueError(f"{run / 'metrics.csv'}: no step after the {SKIP} warm-up steps; pass --steps ≥ 2")
     return it, data
 
 
@@ -67,7 +70,6 @@ def bench_train(work: Path, out_json: str, routes=("3d",), scenes: int = 3, fram
     amp = torch.bfloat16 if dev.type == "cuda" else None
     data = dict(zip(("sv", "mv"), prepare_data(work, scenes, frames, workers, points)))
     res: dict = {"device": device_name(dev), "runs": {}}
-    rows = []
     for route in routes:
         if route == "bifusion":
             from oseg3d.steps import precompute_clip
@@ -92,15 +94,28 @@ def bench_train(work: Path, out_json: str, routes=("3d",), scenes: int = 3, fram
                  "frames_per_s": frames_per_step * len(it) / float((it + wait).sum()),
                  "data_wait_share": float(wait.sum() / (it + wait).sum()), "step_ms_p50": 1e3 * float(np.median(it + wait)),
                  "peak_gb": peak_gb(dev)}
-            r["profile"] = gpu_busy_share(_replay_step(cfg, root, dev, amp), dev, calls=3,
-                                          table=Path(out_json).parent / f"profile_train_{name}.txt")
             shutil.rmtree(run, ignore_errors=True)  # checkpoints: hundreds of MB each
             res["runs"][name] = r
-            target = 400 if d.mode == "sv" else 200
-            rows.append([name, frames_per_step, r["frames_per_s"], target, r["data_wait_share"], r["step_ms_p50"],
-                         r["profile"].get("gpu_busy_share", "–"), r["profile"].get("launches_per_call", "–"), r["peak_gb"]])
+            _write(out_json, res, steps, workers, amp)  # after each run: a cut-short bench keeps what it measured
+            # one profiled step: an MV step is ~10^5 kernels, and the profiler's bookkeeping grows with them
+            r["profile"] = gpu_busy_share(_replay_step(cfg, root, dev, amp), dev, calls=1,
+                                          table=Path(out_json).parent / f"profile_train_{name}.txt")
+            _write(out_json, res, steps, workers, amp)
+    return _write(out_json, res, steps, workers, amp, final=True)
+
+
+def _write(out_json: str, res: dict, steps: int, workers: int, amp, final: bool = False) -> dict:
+    rows = []
+    for name, r in res["runs"].items():
+        p = r.get("profile", {})
+        rows.append([name, r["frames_per_step"], r["frames_per_s"], 400 if "_sv_" in name else 200, r["data_wait_share"],
+                     r["step_ms_p50"], p.get("gpu_busy_share", "–"), p.get("launches_per_call", "–"), r["peak_gb"]])
     table = (f"training throughput, {res['device']}, autocast {amp}, real trainer (DataLoader workers {workers}), "
              f"{steps} steps after {SKIP} warm-up\n\n"
              + md_table(["config", "frames/step", "frames/s", "target", "data wait", "step ms p50", "GPU busy",
                          "launches/step", "peak GB"], rows))
+    if not final:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(res, indent=2, default=str))
+        return res
     return write_result(out_json, res, table)
