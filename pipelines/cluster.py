@@ -34,11 +34,16 @@ class ClusterOptions:
 
 
 S3_ENV = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "OSEG3D_S3_ENDPOINT")}
+# NVLink multicast off in NCCL, PyTorch and NVSHMEM: on shared multi-GPU hosts it can take the host's GPUs
+# out of service (the GPU provider's rule); the same defaults as `oseg3d.engine.trainer.SAFE_COLLECTIVES_ENV`
+SAFE_COLLECTIVES_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def on_gpu(task: PipelineTask, gpus, opts: ClusterOptions, cpu: str = "8", memory: str = "64G") -> PipelineTask:
-    """Request `gpus` GPUs, land on a GPU node, and give the DataLoader a real /dev/shm."""
+    """Request `gpus` GPUs, land on a GPU node, give the DataLoader a real /dev/shm, keep NVLink multicast off."""
     task.set_accelerator_type(opts.gpu_resource).set_accelerator_limit(gpus)
+    for name, value in SAFE_COLLECTIVES_ENV.items():
+        task.set_env_variable(name, value)
     task.set_cpu_request(cpu).set_memory_request(memory)
     kubernetes.add_node_selector(task, *opts.gpu_node_label)
     kubernetes.add_toleration(task, key=opts.gpu_toleration, operator="Exists", effect="NoSchedule")

@@ -47,12 +47,14 @@ def test_fit_writes_outputs_and_resumes(datasets, tmp_path):
     assert any(not (first[k] == second[k]).all() for k in first if first[k].is_floating_point())
 
 
-def test_checkpoints_one_full_last_and_weights_only_top_k(datasets, tmp_path):
+def test_checkpoints_one_full_last_and_weights_only_top_k(datasets, tmp_path, monkeypatch):
+    monkeypatch.delenv("NCCL_NVLS_ENABLE", raising=False)
     root = str(datasets["scannet200_sv"][0])
     cfg = _cfg(root, 3, ["train.ckpt_every_steps=1", "train.keep_checkpoints=1", "data.val_max_items=2"])
     fit(cfg, str(tmp_path), make_validator(cfg))
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert "last.ckpt" in names and len(names) == 2, names  # no last-v1.ckpt from the second last-saver
+    assert os.environ["NCCL_NVLS_ENABLE"] == "0"  # DDP workers started from here inherit multicast off
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert "optimizer_states" in last  # resume needs it
     (best,) = [n for n in names if n != "last.ckpt"]

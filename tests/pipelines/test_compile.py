@@ -49,6 +49,10 @@ def test_gpus_shm_and_node_selection_only_on_gpu_steps(tmp_path):
         platform = k8s.get(executor, {})
         assert ("nodeSelector" in platform) == on_gpu, name
         assert any(m["mountPath"] == "/dev/shm" for m in platform.get("emptyDirMounts", [])) == on_gpu, name
+        env = {e["name"]: e["value"] for e in executors[executor]["container"].get("env", [])}
+        if on_gpu:  # NVLink multicast stays off wherever a step may start NCCL
+            assert env.get("NCCL_NVLS_ENABLE") == "0" and env.get("TORCH_SYMM_MEM_DISABLE_MULTICAST") == "1", name
+            assert env.get("NVSHMEM_DISABLE_NVLS") == "1", name
         if not name.startswith("compare"):  # steps that touch step homes get the object-store Secret (optional)
             assert platform.get("secretAsEnv"), name
         if name.startswith("create-data"):

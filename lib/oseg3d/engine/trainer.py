@@ -112,6 +112,12 @@ class _Replayable(Callback):
         random.seed(s)
 
 
+# NVLink multicast off in NCCL, PyTorch and NVSHMEM: on shared multi-GPU hosts a program using it can take the
+# host's GPUs out of service. Defaults for every process this one starts (DDP workers inherit them); a value
+# already in the environment wins, so an operator can still decide.
+SAFE_COLLECTIVES_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
 def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | None = None) -> dict:
     """Train `cfg` in `run_dir` (resuming if it holds a last checkpoint); returns the summary.
 
@@ -122,6 +128,8 @@ def fit(cfg: ExperimentConfig, run_dir: str, validator=None, init_state: dict | 
         init_state: weights to partially load before training (already mapped by the caller), or None
             to use `cfg.init.checkpoint` with `cfg.init.mapping`.
     """
+    for name, value in SAFE_COLLECTIVES_ENV.items():
+        os.environ.setdefault(name, value)
     run = Path(run_dir)
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
