@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -220,14 +220,18 @@ def bench_data_cmd(
     bench_data(work, scenes=scenes, frames=frames, workers=workers)
 
 
-_ROUTES_HELP = "Comma-separated routes: 3d, 3dtsa, bifusion."
+# the options every bench over the shared synthetic world takes
+_BenchWork = Annotated[str, typer.Option(help="Working folder (synthetic world and datasets are reused).")]
+_Routes = Annotated[str, typer.Option(help="Comma-separated routes: 3d, 3dtsa, bifusion.")]
+_Scenes = Annotated[int, typer.Option(help="Synthetic scenes.")]
+_Frames = Annotated[int, typer.Option(help="Raw frames per scene.")]
+_Workers = Annotated[int, typer.Option(help="Processes for synthesis / create_data / loaders.")]
 
 
 @bench_app.command("online")
 def bench_online_cmd(
-    work: str = typer.Option("runs/bench", help="Working folder (synthetic world and datasets are reused)."),
-    routes: str = typer.Option("3d,3dtsa,bifusion", help=_ROUTES_HELP),
-    scenes: int = typer.Option(3), frames: int = typer.Option(81), workers: int = typer.Option(os.cpu_count() or 1),
+    work: _BenchWork = "runs/bench", routes: _Routes = "3d,3dtsa,bifusion", scenes: _Scenes = 3, frames: _Frames = 81,
+    workers: _Workers = os.cpu_count() or 1,
     stream_frames: int = typer.Option(40, help="Frames of the val scene streamed per pass."),
 ) -> None:
     """Online per-frame latency per route: components, p50/p90, backbone alone, naive reference, profile."""
@@ -239,9 +243,8 @@ def bench_online_cmd(
 
 @bench_app.command("train")
 def bench_train_cmd(
-    work: str = typer.Option("runs/bench", help="Working folder (synthetic world and datasets are reused)."),
-    routes: str = typer.Option("3d", help=_ROUTES_HELP),
-    scenes: int = typer.Option(3), frames: int = typer.Option(81), workers: int = typer.Option(os.cpu_count() or 1),
+    work: _BenchWork = "runs/bench", routes: _Routes = "3d", scenes: _Scenes = 3, frames: _Frames = 81,
+    workers: _Workers = os.cpu_count() or 1,
     steps: int = typer.Option(30, help="Timed steps per run (after 5 warm-up steps)."),
     set_: list[str] = typer.Option([], "--set", help="Config override for every run, key=value (repeatable)."),
 ) -> None:
@@ -254,9 +257,8 @@ def bench_train_cmd(
 
 @bench_app.command("clip")
 def bench_clip_cmd(
-    work: str = typer.Option("runs/bench", help="Working folder (synthetic world and datasets are reused)."),
-    scenes: int = typer.Option(3), frames: int = typer.Option(81, help="Raw frames per scene (all are used)."),
-    workers: int = typer.Option(os.cpu_count() or 1), batch_size: int = typer.Option(64),
+    work: _BenchWork = "runs/bench", scenes: _Scenes = 3, frames: _Frames = 81, workers: _Workers = os.cpu_count() or 1,
+    batch_size: int = typer.Option(64),
 ) -> None:
     """precompute_clip frames/s, decode and writes included."""
     from oseg3d.bench.clip import bench_clip

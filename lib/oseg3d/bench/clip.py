@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from oseg3d.bench.common import device, device_name, md_table, write_result
+from oseg3d.bench.common import device, device_name, md_table, synth_world, write_result
 
 __all__ = ["bench_clip"]
 
@@ -17,10 +17,8 @@ __all__ = ["bench_clip"]
 def _dataset(work: Path, scenes: int, frames: int, workers: int, points: int) -> str:
     """An MV dataset over every raw frame of the benches' shared world."""
     from oseg3d.data.create_data import CreateDataParams, create_data
-    from oseg3d.scannet.synth import SynthSpec, write_world
 
-    raw, out = work / "raw", work / "clip_scannet200_mv"
-    write_world(raw, SynthSpec(scenes=scenes, frames=frames, seed=5), workers=workers)  # as prepare_data: reused
+    raw, out = synth_world(work, scenes, frames, workers), work / "clip_scannet200_mv"
     create_data(str(raw), str(out), CreateDataParams(kind="scannet200_mv", num_points=points, frame_stride=1),
                 workers=workers)
     return str(out)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["device", "sync", "peak_gb", "reset_peak", "time_calls", "gpu_busy_share", "prepare_data",
+__all__ = ["device", "sync", "peak_gb", "reset_peak", "time_calls", "gpu_busy_share", "synth_world", "prepare_data",
            "percentiles", "write_result", "md_table"]
 
 
@@ -82,14 +82,21 @@ def gpu_busy_share(fn, dev: torch.device, calls: int = 3, table: Path | None = N
             "wall_ms_per_call": 1e3 * wall / calls, "launches_per_call": launches / calls}
 
 
-def prepare_data(work: Path, scenes: int, frames: int, workers: int, points: int = 20000) -> tuple[str, str]:
-    """A real-size synthetic world (20,000 points per frame) and its scannet200 SV / MV datasets, reused
-    when already complete."""
-    from oseg3d.data.create_data import CreateDataParams, create_data
+def synth_world(work: Path, scenes: int, frames: int, workers: int) -> Path:
+    """The benches' shared synthetic raw world under `work/raw` (reused when already complete)."""
     from oseg3d.scannet.synth import SynthSpec, write_world
 
     raw = work / "raw"
     write_world(raw, SynthSpec(scenes=scenes, frames=frames, seed=5), workers=workers)
+    return raw
+
+
+def prepare_data(work: Path, scenes: int, frames: int, workers: int, points: int = 20000) -> tuple[str, str]:
+    """A real-size synthetic world (20,000 points per frame) and its scannet200 SV / MV datasets, reused
+    when already complete."""
+    from oseg3d.data.create_data import CreateDataParams, create_data
+
+    raw = synth_world(work, scenes, frames, workers)
     out = {}
     for kind in ("scannet200_sv", "scannet200_mv"):
         out[kind] = str(work / kind)

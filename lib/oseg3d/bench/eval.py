@@ -9,7 +9,6 @@ synthesis is not timed. CPU only (the metric code is numpy).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 

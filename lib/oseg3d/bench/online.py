@@ -62,20 +62,16 @@ def _unet(model):
     return model.backbone if model.backbone is not None else model.bi_encoder.backbone3d
 
 
-def _stream(model, frames, cfg, timer=None) -> list[float]:
+def _stream(model, frames, cfg, dev, timer=None) -> list[float]:
     seg = OnlineSegmenter(model, cfg, **({"timer": timer} if timer else {}))
     times = []
     for f in frames:
         if timer is not None:
             timer.times.clear()
-        times += time_calls([lambda f=f: seg.step(f)], device_of(model), warmup=0)
+        times += time_calls([lambda f=f: seg.step(f)], dev, warmup=0)
         if timer is not None:
             timer.per_frame.append(dict(timer.times))
     return times
-
-
-def device_of(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _voxel_inputs(model, frames) -> list[SparseConvTensor]:
@@ -101,8 +97,8 @@ def bench_route(route: str, frames: list[PointBatch], dev, amp, out_dir: Path | 
         x = _voxel_inputs(naive, frames)
         unet = _unet(naive)
         row["naive_backbone"] = percentiles(time_calls([lambda x=x_: unet(x) for x_ in x], dev))
-        _stream(naive, frames, cfg)  # warm-up pass
-        row["naive_online"] = percentiles(_stream(naive, frames, cfg))
+        _stream(naive, frames, cfg, dev)  # warm-up pass
+        row["naive_online"] = percentiles(_stream(naive, frames, cfg, dev))
         ref = [naive.voxel_features(f, f.coord)[1] for f in frames[:3]]
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
             funet = _unet(fast)
@@ -111,12 +107,12 @@ def bench_route(route: str, frames: list[PointBatch], dev, amp, out_dir: Path | 
             row["max_rel_err_vs_fp32"] = max(_rel_err(a, b) for a, b in zip(got, ref))
             reset_peak(dev)
             timer = _Timer(dev)
-            _stream(fast, frames, cfg, timer)  # warm-up pass (spconv tunes its kernels on first sight)
+            _stream(fast, frames, cfg, dev, timer)  # warm-up pass (spconv tunes its kernels on first sight)
             timer.per_frame = []
-            _stream(fast, frames, cfg, timer)
+            _stream(fast, frames, cfg, dev, timer)
             row["components_ms_p50"] = {k: percentiles([t.get(k, 0.0) for t in timer.per_frame])["ms_p50"]
                                         for k in COMPONENTS}
-            row["online"] = percentiles(_stream(fast, frames, cfg))
+            row["online"] = percentiles(_stream(fast, frames, cfg, dev))
             row["peak_gb"] = peak_gb(dev)
             seg = OnlineSegmenter(fast, cfg)
             it = iter(frames * 2)

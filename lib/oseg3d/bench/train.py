@@ -96,7 +96,7 @@ def bench_train(work: Path, out_json: str, routes=("3d",), scenes: int = 3, fram
                  "peak_gb": peak_gb(dev)}
             shutil.rmtree(run, ignore_errors=True)  # checkpoints: hundreds of MB each
             res["runs"][name] = r
-            _write(out_json, res, steps, workers, amp)  # after each run: a cut-short bench keeps what it measured
+            _write(out_json, res, steps, workers, amp)
             # one profiled step: an MV step is ~10^5 kernels, and the profiler's bookkeeping grows with them
             r["profile"] = gpu_busy_share(_replay_step(cfg, root, dev, amp), dev, calls=1,
                                           table=Path(out_json).parent / f"profile_train_{name}.txt")
@@ -105,6 +105,11 @@ def bench_train(work: Path, out_json: str, routes=("3d",), scenes: int = 3, fram
 
 
 def _write(out_json: str, res: dict, steps: int, workers: int, amp, final: bool = False) -> dict:
+    """The JSON (after every run, so a cut-short bench keeps what it measured); with `final` also the table."""
+    if not final:
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(res, indent=2, default=str))
+        return res
     rows = []
     for name, r in res["runs"].items():
         p = r.get("profile", {})
@@ -114,8 +119,4 @@ def _write(out_json: str, res: dict, steps: int, workers: int, amp, final: bool 
              f"{steps} steps after {SKIP} warm-up\n\n"
              + md_table(["config", "frames/step", "frames/s", "target", "data wait", "step ms p50", "GPU busy",
                          "launches/step", "peak GB"], rows))
-    if not final:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(res, indent=2, default=str))
-        return res
     return write_result(out_json, res, table)

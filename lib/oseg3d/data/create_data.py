@@ -16,10 +16,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
-from pathlib import Path
 
 from tqdm import tqdm
 
