@@ -13,6 +13,6 @@ def test_bench_online_toy(tmp_path):
     row = res["routes"]["3d"]
     assert row["max_rel_err_vs_fp32"] < 1e-4  # CPU: fp32 both sides, only the BN fold differs
     assert set(row["components_ms_p50"]) == {"backbone", "memory", "decoder", "postprocess", "merge"}
-    assert row["online"]["n"] == 2 and row["naive_online"]["n"] == 2
+    assert row["online"]["n"] == 2 and row["naive_online"]["n"] == 2 and row["spconv_online"]["n"] == 2
     assert json.loads((tmp_path / "online.json").read_text())["points_per_frame"] == 2000
     assert "| ❶ 3D |" in (tmp_path / "online.md").read_text()

@@ -1,4 +1,4 @@
-"""Folding BatchNorm into the spconv convs changes no output (beyond float rounding)."""
+"""Preparing a model for inference (BN folded, gather convs or spconv) changes no output (beyond float rounding)."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +10,8 @@ from torch import nn
 
 from oseg3d.models.batch import PointBatch
 from oseg3d.models.build import ModelConfig, build_model
-from oseg3d.models.inference import fold_batchnorm
+from oseg3d.models.gather_conv import GatherConv
+from oseg3d.models.inference import fold_batchnorm, prepare_for_inference
 from oseg3d.models.sparse import SparseBNReLU
 
 from ._synth import make_batch, make_frame, random_pose
@@ -56,3 +57,25 @@ def test_folded_model_gives_the_same_features(online):
     for a, b in zip(out, ref):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert any(r.abs().max() > 0.1 for r in ref)  # the comparison is not between zeros
+
+
+@pytest.mark.parametrize("online", [False, True])
+@pytest.mark.parametrize("engine", ["gather", "spconv"])
+def test_prepared_model_gives_the_same_features(online, engine):
+    rng = np.random.default_rng(1)
+    pose = random_pose(rng)
+    batches = [PointBatch.from_dict(make_batch([make_frame(rng, 500, pose=pose)])) for _ in range(3)]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(online=online)).eval()
+    _randomise(model)
+    ref = _features(model, batches)
+    prepared = prepare_for_inference(copy.deepcopy(model), torch.device("cpu"), engine=engine)
+    n_gather = sum(isinstance(m, GatherConv) for m in prepared.modules())
+    assert n_gather == (0 if engine == "spconv" else sum(1 for m in model.modules() if hasattr(m, "indice_key")))
+    for a, b in zip(_features(prepared, batches), ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="unknown sparse engine"):
+        prepare_for_inference(build_model(ModelConfig()), torch.device("cpu"), engine="cuda-magic")

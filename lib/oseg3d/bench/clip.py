@@ -2,34 +2,25 @@
 safetensors writes (features deleted before each pass, so nothing is skipped).
 
 The loaders' frame lists are short on a small world (SV: every 200th raw frame, MV: every 40th), too short
-to see past the start-up; so this bench builds its own MV dataset over every raw frame (frame stride 1)
-and times two passes: the first includes CUDA/cuDNN start-up, the second is the steady rate."""
+to see past the start-up; so this bench uses the MV dataset over every raw frame (`dense_dataset`, shared
+with `bench train`) and times two passes: the first includes CUDA/cuDNN start-up, the second is the steady
+rate."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from oseg3d.bench.common import device, device_name, md_table, synth_world, write_result
+from oseg3d.bench.common import dense_dataset, device, device_name, md_table, write_result
 
 __all__ = ["bench_clip"]
 
 
-def _dataset(work: Path, scenes: int, frames: int, workers: int, points: int) -> str:
-    """An MV dataset over every raw frame of the benches' shared world."""
-    from oseg3d.data.create_data import CreateDataParams, create_data
-
-    raw, out = synth_world(work, scenes, frames, workers), work / "clip_scannet200_mv"
-    create_data(str(raw), str(out), CreateDataParams(kind="scannet200_mv", num_points=points, frame_stride=1),
-                workers=workers)
-    return str(out)
-
-
-def bench_clip(work: Path, out_json: str, scenes: int = 3, frames: int = 81, workers: int = 8, points: int = 2000,
+def bench_clip(work: Path, out_json: str, scenes: int = 3, frames: int = 81, workers: int = 8, points: int = 20000,
                batch_size: int = 64) -> dict:
     from oseg3d.steps import precompute_clip
 
     dev = device()
-    root = _dataset(work, scenes, frames, workers, points)
+    root = dense_dataset(work, "scannet200_mv", scenes, frames, workers, points)
     res: dict = {"device": device_name(dev), "workers": workers, "batch_size": batch_size, "runs": {}}
     for name in ("cold", "warm"):
         for p in Path(root, "clip_feat").rglob("*.safetensors"):

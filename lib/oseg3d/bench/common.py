@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 __all__ = ["device", "sync", "peak_gb", "reset_peak", "time_calls", "gpu_busy_share", "synth_world", "prepare_data",
+           "dense_dataset",
            "percentiles", "write_result", "md_table"]
 
 
@@ -102,6 +103,17 @@ def prepare_data(work: Path, scenes: int, frames: int, workers: int, points: int
         out[kind] = str(work / kind)
         create_data(str(raw), out[kind], CreateDataParams(kind=kind, num_points=points), workers=workers)
     return out["scannet200_sv"], out["scannet200_mv"]
+
+
+def dense_dataset(work: Path, kind: str, scenes: int, frames: int, workers: int, points: int = 20000) -> str:
+    """A `kind` dataset over every raw frame (frame stride 1) of the benches' shared world, reused when
+    complete. ESAM's strides (SV 200, MV 40) leave a small world one batch per epoch, so a throughput
+    bench would time epoch turnovers (loader restarts) instead of steady steps."""
+    from oseg3d.data.create_data import CreateDataParams, create_data
+
+    raw, out = synth_world(work, scenes, frames, workers), work / f"dense_{kind}"
+    create_data(str(raw), str(out), CreateDataParams(kind=kind, num_points=points, frame_stride=1), workers=workers)
+    return str(out)
 
 
 def md_table(header: list[str], rows: list[list]) -> str:

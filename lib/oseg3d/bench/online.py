@@ -9,6 +9,9 @@ pass for the end-to-end p50 / p90. Also timed in the same run, for the ratios:
 - backbone alone: the prepared 3D U-Net's forward on each frame (the ≤ 5 ms target);
 - naive reference: the same U-Net unprepared, fp32, frame by frame (DESIGN §9's naive spconv loop), and
   the whole online step with the unprepared fp32 model;
+- the spconv engine: the model prepared the same way but with spconv running the sparse convs instead of
+  the gather convs (`prepare_for_inference(engine="spconv")`) — machines differ by tens of percent in
+  host speed, so only ratios taken in one run compare;
 - equality: the prepared model's voxel features against the fp32 reference (relative max error).
 """
 from __future__ import annotations
@@ -91,6 +94,7 @@ def bench_route(route: str, frames: list[PointBatch], dev, amp, out_dir: Path | 
     torch.manual_seed(0)
     naive = online_model(route).to(dev).eval()
     fast = prepare_for_inference(copy.deepcopy(naive), dev)
+    spc = prepare_for_inference(copy.deepcopy(naive), dev, engine="spconv")
     row: dict = {}
     with torch.no_grad():
         # naive reference: fp32, unfolded, no autocast
@@ -101,6 +105,11 @@ def bench_route(route: str, frames: list[PointBatch], dev, amp, out_dir: Path | 
         row["naive_online"] = percentiles(_stream(naive, frames, cfg, dev))
         ref = [naive.voxel_features(f, f.coord)[1] for f in frames[:3]]
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            sunet = _unet(spc)
+            row["spconv_backbone"] = percentiles(time_calls([lambda x=x_: sunet(x) for x_ in x], dev))
+            _stream(spc, frames, cfg, dev)  # warm-up pass
+            row["spconv_online"] = percentiles(_stream(spc, frames, cfg, dev))
+            del spc
             funet = _unet(fast)
             row["backbone"] = percentiles(time_calls([lambda x=x_: funet(x) for x_ in x], dev))
             got = [fast.voxel_features(f, f.coord)[1] for f in frames[:3]]
@@ -144,7 +153,8 @@ def bench_online(work: Path, out_json: str, routes=("3d", "3dtsa", "bifusion"), 
     for route, r in res["routes"].items():
         c = r["components_ms_p50"]
         rows.append([ROUTES[route], r["online"]["ms_p50"], r["online"]["ms_p90"], r["naive_online"]["ms_p50"],
-                     r["ratio_online_vs_naive"], r["backbone"]["ms_p50"], r["naive_backbone"]["ms_p50"],
+                     r["ratio_online_vs_naive"], r["spconv_online"]["ms_p50"], r["backbone"]["ms_p50"],
+                     r["naive_backbone"]["ms_p50"], r["spconv_backbone"]["ms_p50"],
                      *(c[k] for k in COMPONENTS), r.get("profile", {}).get("launches_per_call", "–"),
                      r.get("profile", {}).get("gpu_busy_share", "–"), r["peak_gb"], f"{r['max_rel_err_vs_fp32']:.1e}"])
     table = (f"online step, {res['device']}, {res['points_per_frame']} points/frame, autocast {res['autocast']} "

@@ -1,7 +1,9 @@
 """`oseg3d bench train`: SV and MV training throughput through the real trainer, on the GPU.
 
 Each run is the product's own `fit` (Lightning, DataLoader workers, bf16 autocast, no validation) for a
-few dozen steps on a real-size synthetic world; from its metrics.csv (every step logged) after the
+few dozen steps on a real-size synthetic world, with SV and MV datasets over every raw frame
+(`dense_dataset`: at ESAM's strides a small world is one batch per epoch, and the data wait measured
+would be the loaders' restart at every epoch); from its metrics.csv (every step logged) after the
 warm-up steps: frames/s, the share of wall time spent waiting for data, step p50. Then one batch is
 replayed through forward + backward + optimizer step under torch.profiler for the GPU busy share (kernel
 time / wall) and the kernel launches per step — how launch-bound the step is.
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oseg3d.bench.common import device, device_name, gpu_busy_share, md_table, peak_gb, prepare_data, reset_peak, write_result
+from oseg3d.bench.common import dense_dataset, device, device_name, gpu_busy_share, md_table, peak_gb, reset_peak, write_result
 from oseg3d.configs import load_config
 from oseg3d.data.collate import collate_clips, collate_frames
 from oseg3d.data.datasets import MVClipDataset, SVFrameDataset
@@ -68,7 +70,7 @@ def bench_train(work: Path, out_json: str, routes=("3d",), scenes: int = 3, fram
     """Training frames/s, data wait and GPU busy share per route and mode; returns (and writes) them."""
     dev = device()
     amp = torch.bfloat16 if dev.type == "cuda" else None
-    data = dict(zip(("sv", "mv"), prepare_data(work, scenes, frames, workers, points)))
+    data = {m: dense_dataset(work, f"scannet200_{m}", scenes, frames, workers, points) for m in ("sv", "mv")}
     res: dict = {"device": device_name(dev), "runs": {}}
     for route in routes:
         if route == "bifusion":

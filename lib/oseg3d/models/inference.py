@@ -1,4 +1,5 @@
-"""Inference-only rewrites of a trained model: fold BatchNorm (and its ReLU) into the spconv convs.
+"""Inference-only rewrites of a trained model: fold BatchNorm (and its ReLU) into the sparse convs, and
+run those convs as gather + GEMM in plain PyTorch (`gather_conv.py`) instead of through spconv.
 
 Every conv-BN(-ReLU) of the U-Net and the memory adapters costs a gather-GEMM-scatter plus two
 element-wise kernels and a `replace_feature`; in eval mode BN is an affine map per channel, so it folds
@@ -6,6 +7,9 @@ into the conv's weights and a bias, and spconv's implicit-GEMM kernels apply bia
 epilogue. One kernel instead of three, ~90 fewer launches per online frame on the GPU. The numbers stay
 equal up to float rounding (a CPU test holds it to 1e-4). Never call this on a model that will train
 again: the BN statistics are gone.
+
+The gather convs remove spconv's per-call host cost (~0.5 ms per conv on the H100, the floor of the
+online U-Net); they take a bias and a ReLU everywhere, on the CPU too.
 """
 from __future__ import annotations
 
@@ -17,11 +21,14 @@ from spconv.pytorch import SparseConvTensor
 from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
+from oseg3d.models.gather_conv import use_gather_convs
 from oseg3d.models.memory import MemoryAdapter
 from oseg3d.models.resunet import BasicBlock, Res16UNet34C
 from oseg3d.models.sparse import SparseBNReLU, half_sparse_for_inference
 
-__all__ = ["fold_batchnorm", "prepare_for_inference"]
+__all__ = ["fold_batchnorm", "prepare_for_inference", "ENGINES"]
+
+ENGINES = ("gather", "spconv")  # how the prepared model runs its sparse convs
 
 
 class _SparseShift(nn.Module):
@@ -77,9 +84,9 @@ def _fold_into(layer: nn.Module, bn: nn.BatchNorm1d, as_bias: bool = True) -> to
     return None
 
 
-def _fold_sparse(conv: SparseConvolution, bnrelu: SparseBNReLU) -> nn.Module:
+def _fold_sparse(conv: SparseConvolution, bnrelu: SparseBNReLU, fuse_all: bool) -> nn.Module:
     """Fold a conv's SparseBNReLU into it; returns the module that replaces the SparseBNReLU."""
-    fused = _implicit_gemm(conv)
+    fused = fuse_all or _implicit_gemm(conv)
     shift = _fold_into(conv, bnrelu.bn, as_bias=fused)
     if fused and bnrelu.relu:
         conv.act_type = tv.gemm.Activation.ReLU
@@ -87,39 +94,46 @@ def _fold_sparse(conv: SparseConvolution, bnrelu: SparseBNReLU) -> nn.Module:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module) -> nn.Module:
+def fold_batchnorm(model: nn.Module, fuse_all: bool = False) -> nn.Module:
     """Fold every BatchNorm of the U-Net(s) and memory adapters into the layer before it. Mutates and
     returns `model` (in eval mode). Layers other than these (decoder, Tiny-SA, fusion) are left alone.
-    Call it on the device the model will run on: what can fuse depends on the kernels there."""
+    Call it on the device the model will run on: what spconv can fuse depends on the kernels there;
+    `fuse_all` = every conv takes bias and ReLU (the convs will become gather convs)."""
     model.eval()
+    fold = lambda conv, bn: _fold_sparse(conv, bn, fuse_all)  # noqa: E731
     for m in list(model.modules()):
         if isinstance(m, Res16UNet34C):
-            m.stem_bn = _fold_sparse(m.stem, m.stem_bn)
+            m.stem_bn = fold(m.stem, m.stem_bn)
             for convs, bns in ((m.downs, m.down_bns), (m.ups, m.up_bns)):
                 for i, (conv, bn) in enumerate(zip(convs, bns)):
-                    bns[i] = _fold_sparse(conv, bn)
+                    bns[i] = fold(conv, bn)
         elif isinstance(m, BasicBlock):
-            m.bn1 = _fold_sparse(m.conv1, m.bn1)
-            m.bn2 = _fold_sparse(m.conv2, m.bn2)
+            m.bn1 = fold(m.conv1, m.bn1)
+            m.bn2 = fold(m.conv2, m.bn2)
             if m.down is not None:
                 _fold_into(m.down[0], m.down[1])
                 m.down = m.down[0]
         elif isinstance(m, MemoryAdapter):
             # the adapter applies relu(bn(conv)) itself: the BN slot keeps the shift, or nothing
             for conv, name in ((m.conv_d1, "bn_d1"), (m.conv_d3, "bn_d3")):
-                shift = _fold_into(conv, getattr(m, name), as_bias=_implicit_gemm(conv))
+                shift = _fold_into(conv, getattr(m, name), as_bias=fuse_all or _implicit_gemm(conv))
                 setattr(m, name, nn.Identity() if shift is None else _Shift(shift))
             _fold_into(m.proj, m.bn_proj)
             m.bn_proj = nn.Identity()
     return model
 
 
-def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
-    """Eval mode on `device`, BatchNorm folded, and on the GPU the sparse parts in fp16 (see
+def prepare_for_inference(model: nn.Module, device: torch.device, engine: str = "gather") -> nn.Module:
+    """Eval mode on `device`, BatchNorm folded, sparse convs as gather + GEMM (`engine="gather"`) or
+    left to spconv (`"spconv"`), and on the GPU the sparse parts in fp16 (see
     `half_sparse_for_inference`). The one preparation the evaluate step, online streaming and the
     benchmarks share."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown sparse engine {engine!r}; choose one of {ENGINES}")
     model.to(device).eval()
-    fold_batchnorm(model)
+    fold_batchnorm(model, fuse_all=engine == "gather")
+    if engine == "gather":
+        use_gather_convs(model)
     if torch.device(device).type == "cuda":
         half_sparse_for_inference(model)
     return model
