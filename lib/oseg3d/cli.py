@@ -259,12 +259,13 @@ def bench_train_cmd(
 def bench_clip_cmd(
     work: _BenchWork = "runs/bench", scenes: _Scenes = 3, frames: _Frames = 81, workers: _Workers = os.cpu_count() or 1,
     batch_size: int = typer.Option(64),
+    min_frames: int = typer.Option(2000, help="Frames of the steady-state and per-stage passes (the list repeats)."),
 ) -> None:
-    """precompute_clip frames/s, decode and writes included."""
+    """precompute_clip frames/s, decode and writes included, and each stage's rate alone."""
     from oseg3d.bench.clip import bench_clip
 
     bench_clip(Path(work), os.path.join(work, "bench_clip.json"), scenes=scenes, frames=frames, workers=workers,
-               batch_size=batch_size)
+               batch_size=batch_size, min_frames=min_frames)
 
 
 @bench_app.command("eval")

@@ -28,7 +28,8 @@ from oseg3d.clip.features import encode_feature, read_image
 from oseg3d.data import processed
 from oseg3d.errors import ConfigError, DataError
 
-__all__ = ["REPORT_KEY", "list_frames", "compute_features", "precompute_clip", "pack_manifests", "weights_id"]
+__all__ = ["REPORT_KEY", "list_frames", "compute_features", "precompute_clip", "pack_manifests", "weights_id",
+           "run_part"]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _prefetched(raw: str, batches: list[list[str]], pool: ThreadPoolExecutor, ah
         yield paths, [f.result() for f in futs]
 
 
-def _run_part(dataset: str, raw: str, weight: np.ndarray, device: str, frames: list[str], workers: int,
+def run_part(dataset: str, raw: str, weight: np.ndarray, device: str, frames: list[str], workers: int,
               batch_size: int, position: int, wid: str, progress: bool) -> tuple[Counter, list[str]]:
     """Compute and write the features of `frames` on one device; returns (counts, problem lines)."""
     conv1 = ClipConv1().eval()
@@ -149,13 +150,13 @@ def _check_same_weights(dataset: str, wid: str, have: set[str]) -> None:
 
 
 def _run_parts(args: list[tuple]) -> tuple[Counter, list[str]]:
-    """`_run_part` for each device's arguments: in this process for one device, else one process each."""
+    """`run_part` for each device's arguments: in this process for one device, else one process each."""
     args = [a for a in args if a[4]]  # devices with frames to do
     if len(args) <= 1:
-        results = [_run_part(*a) for a in args]
+        results = [run_part(*a) for a in args]
     else:
         with ProcessPoolExecutor(len(args), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = [f.result() for f in [pool.submit(_run_part, *a) for a in args]]
+            results = [f.result() for f in [pool.submit(run_part, *a) for a in args]]
     counts, problems = Counter(), []
     for c, p in results:
         counts.update(c)
