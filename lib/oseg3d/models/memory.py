@@ -54,32 +54,40 @@ class MemoryAdapter(nn.Module):
             nn.init.zeros_(w)  # start as identity
         self._algo_device = None
 
-    def forward(self, cur_b, cur_xyz, cur_feat, state: _LevelState | None, t: int, queue: int):
-        """Adapt the current frame's features with the memory; returns (features, new state)."""
+    def forward(self, cur_b, cur_xyz, cur_feat, state: _LevelState | None, t: int, queue: int,
+                nb: int | None = None):
+        """Adapt the current frame's features with the memory (`nb` samples, default: counted); returns
+        (features, new state).
+
+        Every boolean selection is a host sync (its size is data); there is one per selection here, and
+        none for the whole-history memory (queue ≤ 0), which keeps everything."""
         if state is None:
             ub, uxyz, ufeat, ustamp = cur_b, cur_xyz, cur_feat, torch.full_like(cur_b, t)
         else:
-            keep = state.stamp > t - queue if queue > 0 else torch.ones_like(state.stamp, dtype=torch.bool)
-            all_b = torch.cat([state.batch[keep], cur_b])
-            all_xyz = torch.cat([state.coord[keep], cur_xyz])
+            sb, sxyz, sfeat, sstamp = state.batch, state.coord, state.feat, state.stamp
+            if queue > 0:
+                keep = torch.nonzero(sstamp > t - queue).squeeze(1)
+                sb, sxyz, sfeat, sstamp = sb[keep], sxyz[keep], sfeat[keep], sstamp[keep]
+            all_b = torch.cat([sb, cur_b])
+            all_xyz = torch.cat([sxyz, cur_xyz])
             keys, inv = torch.unique(voxel_keys(all_b, all_xyz), return_inverse=True)
             m = len(keys)
-            ufeat = scatter_max(torch.cat([state.feat[keep].to(cur_feat.dtype), cur_feat]), inv, m)
+            ufeat = scatter_max(torch.cat([sfeat.to(cur_feat.dtype), cur_feat]), inv, m)
             first = torch.full((m,), len(inv), dtype=torch.long, device=inv.device)
             first = first.scatter_reduce(0, inv, torch.arange(len(inv), device=inv.device), "amin")
             ub, uxyz = all_b[first], all_xyz[first]
-            ustamp = torch.cat([state.stamp[keep], torch.full_like(cur_b, t)])
+            ustamp = torch.cat([sstamp, torch.full_like(cur_b, t)])
             ustamp = torch.zeros(m, dtype=torch.long, device=inv.device).scatter_reduce(0, inv, ustamp, "amax", include_self=False)
         new_state = _LevelState(ub, uxyz, ufeat, ustamp)
         # crop the united memory to 2.5× the current frame's box, per sample
-        nb = int(cur_b.max()) + 1
+        nb = int(cur_b.max()) + 1 if nb is None else nb
         big = torch.iinfo(torch.long).max
         lo = torch.full((nb, 3), big, dtype=torch.long, device=cur_b.device).scatter_reduce(
             0, cur_b[:, None].expand(-1, 3), cur_xyz, "amin")
         hi = torch.full((nb, 3), -big, dtype=torch.long, device=cur_b.device).scatter_reduce(
             0, cur_b[:, None].expand(-1, 3), cur_xyz, "amax")
         center, half = (lo + hi).float() / 2, (hi - lo).float() / 2 * self.crop_scale + 1
-        inside = ((uxyz.float() - center[ub]).abs() <= half[ub]).all(1)
+        inside = torch.nonzero(((uxyz.float() - center[ub]).abs() <= half[ub]).all(1)).squeeze(1)
         cb, cxyz, cfeat = ub[inside], uxyz[inside], ufeat[inside]
         base = lo[cb] - (half[cb].ceil().long())
         local = (cxyz - base).int()
@@ -137,6 +145,6 @@ class MultilevelMemory(nn.Module):
             stride = 2 ** (lvl + 1)
             b = x.indices[:, 0].long()
             xyz = x.indices[:, 1:].long() + torch.div(origin, stride, rounding_mode="floor")[b]
-            f, self._states[lvl] = adapter(b, xyz, x.features, self._states[lvl], self._t, self.queue)
+            f, self._states[lvl] = adapter(b, xyz, x.features, self._states[lvl], self._t, self.queue, x.batch_size)
             out.append(x.replace_feature(f))
         return out
