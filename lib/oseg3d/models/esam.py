@@ -90,7 +90,9 @@ class ESAM(nn.Module):
         xyz = batch.voxel_coord if batch.voxel_coord is not None else batch.coord
         vox, voxel_feat = self.voxel_features(batch, xyz, use_memory)
         point_feat = voxel_feat[vox.point2voxel]
-        n_sp = torch.stack([s.max() + 1 for s in batch.split(batch.superpoint)])
+        # superpoints per frame in one reduction (a per-frame loop costs a launch per frame)
+        n_sp = torch.zeros(batch.num_frames, dtype=torch.long, device=bidx.device).scatter_reduce(
+            0, bidx, batch.superpoint.long(), "amax", include_self=False) + 1
         sp_base = torch.cumsum(n_sp, 0) - n_sp
         sp_global = batch.superpoint + sp_base[bidx]
         sp_feat, sp_xyz, _ = self.pooling(xyz, point_feat, sp_global, int(n_sp.sum()))
