@@ -1,14 +1,17 @@
 """Matcher and Criterion on hand-made problems (esam.md §3.6)."""
 from __future__ import annotations
 
+import collections
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from oseg3d.models import criterion as criterion_module
 from oseg3d.models.criterion import Criterion, aligned_box_iou, dice_loss
 from oseg3d.models.decoder import QueryDecoder
-from oseg3d.models.matcher import match, match_costs
+from oseg3d.models.matcher import batched_match, match, match_costs
 from oseg3d.models.scatter import scatter_mean
 from oseg3d.models.targets import FrameTargets, build_targets
 
@@ -64,6 +67,27 @@ def test_costs_are_float32_under_autocast():
         got = match_costs(cls.bfloat16(), masks.bfloat16(), torch.tensor([0, 1]), gt)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, atol=0.05, rtol=0)
+
+def test_batched_match_equals_per_frame_match():
+    pred, targets, query_ids, _ = _random_batch(0, 3, False)
+    b, q, k = len(targets), max(map(len, query_ids)), max(len(t.inst_labels) for t in targets)
+    n = max(t.inst_p_masks.shape[1] for t in targets)  # the final prediction is point-level
+    cls, masks = torch.zeros(b, q, 4), torch.zeros(b, q, n)
+    labels, gt = torch.full((b, k), -1), torch.zeros(b, k, n, dtype=torch.bool)
+    query_masks, unit = torch.zeros(b, k, q, dtype=torch.bool), torch.zeros(b, n, dtype=torch.bool)
+    for f, (t, ids) in enumerate(zip(targets, query_ids)):
+        (nq, nk), npt = (len(ids), len(t.inst_labels)), t.inst_p_masks.shape[1]
+        cls[f, :nq], masks[f, :nq, :npt] = pred["cls_preds"][f].detach(), pred["masks"][f].detach()
+        labels[f, :nk], gt[f, :nk, :npt], unit[f, :npt] = t.inst_labels, t.inst_p_masks, True
+        query_masks[f, :nk, :nq] = t.inst_sp_masks[:, ids]
+    query_idx, matched = batched_match(cls, masks, labels, gt, query_masks, unit)
+    # no object / no query inside an object / no query; frame 3: two objects pick the same query
+    assert not matched[[1, 2, 6]].any() and matched[3, :2].all() and query_idx[3, 0] == query_idx[3, 1]
+    for f, (t, ids) in enumerate(zip(targets, query_ids)):
+        q_ref, g_ref = match(pred["cls_preds"][f], pred["masks"][f], t.inst_labels, t.inst_p_masks,
+                             t.inst_sp_masks[:, ids])
+        g = torch.nonzero(matched[f]).squeeze(1)
+        assert g.tolist() == g_ref.tolist() and query_idx[f, g].tolist() == q_ref.tolist()
 
 # --------------------------------------------------------------------------------------------- box / dice
 
@@ -263,3 +287,235 @@ def test_reusing_final_matches_for_aux_layers():
     losses = Criterion(1, N_SEM, iter_matcher=False)(pred, targets, query_ids)
     assert all(torch.isfinite(v) for v in losses.values())
     assert set(losses) == set(Criterion(1, N_SEM)(pred, targets, query_ids))
+
+# ------------------------------------------------------------- batched criterion == per-frame reference
+
+
+def _ref_match(cls_pred, mask_pred, labels, gt_masks, query_masks):
+    """The per-frame matcher the batched one replaced."""
+    allowed = query_masks & ((labels >= 0) & gt_masks.any(1))[:, None]
+    has_query = allowed.any(1)
+    if not bool(has_query.any()):
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    with torch.no_grad():
+        prob = cls_pred.float().softmax(-1)[:, labels.clamp_min(0)]
+        x, t = mask_pred.float(), gt_masks.float()
+        bce = (F.softplus(-x) @ t.T + F.softplus(x) @ (1 - t).T) / x.shape[1]
+        p = x.sigmoid()
+        dice = 1 - (2 * (p @ t.T) + 1) / (p.sum(1)[:, None] + t.sum(1)[None, :] + 1)
+        cost = (-0.5 * prob + bce + dice).T.masked_fill(~allowed, 1e8)
+    gt_idx = torch.nonzero(has_query).squeeze(1)
+    return cost[gt_idx].argmin(1), gt_idx
+
+
+def _ref_losses(crit, pred, targets, query_ids):
+    """The per-frame Criterion the batched one replaced (frames and terms in Python loops)."""
+    def mean(terms, fallback):
+        return torch.stack(terms).mean() if terms else sum(t.flatten()[:0].sum() for t in fallback)
+
+    w_cls, w_bce, w_dice, _, w_bbox = crit.loss_weight
+    labels = [torch.where(t.inst_labels >= 0, 0, -1) if crit.num_classes == 1 else t.inst_labels for t in targets]
+    query_masks = [t.inst_sp_masks[:, q] for t, q in zip(targets, query_ids)]
+
+    def layer_losses(layer, prefix, dice_scale, indices):
+        sp = layer["mask_mode"] == "SP"
+        gts = [t.inst_sp_masks if sp else t.inst_p_masks for t in targets]
+        if indices is None:
+            indices = [_ref_match(*a) for a in zip(layer["cls_preds"], layer["masks"], labels, gts, query_masks)]
+        boxes = layer.get("bboxes")
+        use_box = boxes is not None and any(t.boxes is not None for t in targets)
+        cls_t, bce_t, dice_t, box_t = [], [], [], []
+        for f, (q, g) in enumerate(indices):
+            cls = layer["cls_preds"][f]
+            if len(cls):
+                target = torch.full((len(cls),), crit.num_classes, dtype=torch.long)
+                target[q] = labels[f][g]
+                cls_t.append(F.cross_entropy(cls, target, weight=crit.class_weight))
+            if len(q) == 0:
+                continue
+            mask, gt = layer["masks"][f][q], gts[f][g].float()
+            bce_t.append(F.binary_cross_entropy_with_logits(mask, gt))
+            dice_t.append(dice_loss(mask, gt))
+            if use_box and targets[f].boxes is not None:
+                box_t.append((1 - aligned_box_iou(boxes[f][q], targets[f].boxes[g])).mean())
+        out = {prefix + "loss_cls": w_cls * mean(cls_t, layer["cls_preds"]),
+               prefix + "loss_bce": w_bce * mean(bce_t, layer["masks"]),
+               prefix + "loss_dice": w_dice * dice_scale * mean(dice_t, layer["masks"])}
+        if use_box:
+            out[prefix + "loss_bbox"] = w_bbox * mean(box_t, boxes)
+        return out, indices
+
+    losses, indices = layer_losses(pred, "", crit.dice_scale, None)
+    sem_t = []
+    for sem, t, q in zip(pred["sem_preds"], targets, query_ids):
+        target = t.sp_sem[q]
+        if bool((target != crit.num_semantic).any()):
+            sem_t.append(F.cross_entropy(sem[:, :-1], target, ignore_index=crit.num_semantic))
+    losses["loss_sem"] = crit.sem_weight * mean(sem_t, pred["sem_preds"])
+    for i, aux in enumerate(pred["aux_outputs"]):
+        losses.update(layer_losses(aux, f"aux{i}_", 1.0, None if crit.iter_matcher else indices)[0])
+    return losses
+
+
+def _random_batch(seed, num_classes, with_boxes, modes=("SP", "P", "SP", "P")):
+    """Frames of different sizes and the special cases: no object, no query inside any object, one query
+    picked by two (overlapping) objects, an absent object, and a frame without queries."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randint(lo, hi):
+        return int(torch.randint(lo, hi, (1,), generator=g))
+
+    targets, query_ids = [], []
+    for f in range(7):
+        n_sp, k = randint(6, 14), [3, 0, 2, 4, 2, 1, 2][f]
+        sp_index = torch.cat([torch.arange(n_sp), torch.randint(0, n_sp, (randint(0, 20),), generator=g)])
+        owner = torch.randint(-1, k, (n_sp,), generator=g) if k else torch.full((n_sp,), -1)
+        sp_masks = owner[None, :] == torch.arange(k)[:, None]
+        q = torch.randperm(n_sp, generator=g)[: randint(3, n_sp - 1)].sort().values
+        outside = torch.isin(torch.arange(n_sp), q, invert=True)
+        if f == 2:  # objects only on superpoints that are no query
+            sp_masks &= outside
+            sp_masks[0, outside.nonzero()[0]] = True
+        if f == 3:  # superpoint q[0] lies in objects 0 and 1 and is their only query: both pick it
+            sp_masks[:2] = outside
+            sp_masks[:2, q[0]] = True
+        if f == 6:  # no queries at all
+            q = q[:0]
+        labels = torch.randint(0, max(num_classes, 1), (k,), generator=g)
+        if f == 3:
+            labels[1] = (labels[0] + 1) % num_classes  # the double pick gets one of two different labels
+        if f == 4:
+            labels[0] = -1  # absent from this frame
+        # objects without superpoints are absent, except object 0, which keeps a label and an empty mask
+        labels = torch.where(sp_masks.any(1) | (torch.arange(k) == 0), labels, -1)
+        boxes = None
+        if with_boxes and f != 5:  # frame 5: no boxes although others have them
+            boxes = torch.cat([torch.randn(k, 3, generator=g), torch.rand(k, 3, generator=g) + 0.5], 1)
+        p_masks = sp_masks[:, sp_index]
+        targets.append(FrameTargets(labels, sp_masks, p_masks, torch.randint(0, N_SEM + 1, (n_sp,), generator=g),
+                                    boxes, p_masks.any(1)))
+        query_ids.append(q)
+    layers = []
+    for mode in modes:
+        layer = {"mask_mode": mode, "cls_preds": [], "masks": [], "bboxes": [] if with_boxes else None,
+                 "sem_preds": None}
+        for t, q in zip(targets, query_ids):
+            n = t.inst_sp_masks.shape[1] if mode == "SP" else t.inst_p_masks.shape[1]
+            layer["cls_preds"].append(torch.randn(len(q), num_classes + 1, generator=g).requires_grad_())
+            layer["masks"].append((3 * torch.randn(len(q), n, generator=g)).requires_grad_())
+            if with_boxes:
+                layer["bboxes"].append(torch.cat([torch.randn(len(q), 3, generator=g),
+                                                  torch.rand(len(q), 3, generator=g) + 0.5], 1).requires_grad_())
+        layers.append(layer)
+    pred = layers[-1]
+    pred["sem_preds"] = [torch.randn(len(q), N_SEM + 1, generator=g).requires_grad_() for q in query_ids]
+    pred["aux_outputs"] = layers[:-1]
+    inputs = [x for layer in layers for key in ("cls_preds", "masks", "bboxes") for x in (layer[key] or [])]
+    return pred, targets, query_ids, inputs + pred["sem_preds"]
+
+
+def _check_special_cases(targets, query_ids):
+    assert len(targets[1].inst_labels) == 0
+    assert not targets[2].inst_sp_masks[:, query_ids[2]].any() and targets[2].inst_sp_masks.any()
+    assert targets[3].inst_sp_masks[:2, query_ids[3]].sum(1).tolist() == [1, 1]
+    assert (targets[3].inst_sp_masks[0, query_ids[3]] & targets[3].inst_sp_masks[1, query_ids[3]]).any()
+    assert len(query_ids[6]) == 0
+
+
+@pytest.mark.parametrize("num_classes", [1, 3])
+@pytest.mark.parametrize("with_boxes", [False, True])
+@pytest.mark.parametrize("iter_matcher", [True, False])
+def test_batched_criterion_equals_per_frame_reference(num_classes, with_boxes, iter_matcher):
+    for seed in range(2):
+        pred, targets, query_ids, inputs = _random_batch(seed, num_classes, with_boxes)
+        _check_special_cases(targets, query_ids)
+        crit = Criterion(num_classes, N_SEM, iter_matcher=iter_matcher, dice_scale=2.0)
+        got, ref = crit(pred, targets, query_ids), _ref_losses(crit, pred, targets, query_ids)
+        assert list(got) == list(ref)
+        coef = torch.rand(len(ref), generator=torch.Generator().manual_seed(seed)) + 0.5
+        grads = []
+        for losses in (got, ref):
+            assert all(v.grad_fn is not None for v in losses.values())
+            grads.append(torch.autograd.grad(sum(c * v for c, v in zip(coef, losses.values())), inputs,
+                                             allow_unused=True))
+        for name in ref:
+            torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-6, msg=name)
+        for x, a, b in zip(inputs, *grads):
+            if b is None:  # the reference never touches a frame without queries
+                assert x.numel() == 0 or a is None or not a.any()
+                continue
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _slices_of_padded(xs: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The frames' tensors as views [f, :rows_f, :cols_f] of one NaN-padded leaf, as the decoder hands them out."""
+    rows, cols = max(len(x) for x in xs), max(x.shape[1] for x in xs)
+    base = torch.full((len(xs), rows + 2, cols + 3), math.nan)
+    for f, x in enumerate(xs):
+        base[f, :x.shape[0], :x.shape[1]] = x.detach()
+    base.requires_grad_()
+    return base, [base[f, :x.shape[0], :x.shape[1]] for f, x in enumerate(xs)]
+
+
+def test_frames_given_as_slices_of_one_padded_tensor(monkeypatch):
+    """The decoder's per-frame outputs are views of its padded predictions: used as they are, not copied."""
+    pred, targets, query_ids, _ = _random_batch(1, 3, True)
+    bases = []
+    for layer in [pred, *pred["aux_outputs"]]:
+        for key in ("cls_preds", "masks", "bboxes", "sem_preds"):
+            if layer[key] is not None:
+                base, layer[key] = _slices_of_padded(layer[key])
+                bases.append(base)
+    ref = _ref_losses(Criterion(3, N_SEM), pred, targets, query_ids)
+    pad = criterion_module._Pad.apply
+
+    def targets_only(layout, *xs):
+        assert not any(x.requires_grad for x in xs), "a prediction was copied into a new padded tensor"
+        return pad(layout, *xs)
+
+    monkeypatch.setattr(criterion_module._Pad, "apply", targets_only)
+    got = Criterion(3, N_SEM)(pred, targets, query_ids)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-5, atol=1e-6, msg=name)
+    grads = [torch.autograd.grad(sum(losses.values()), bases, allow_unused=True) for losses in (got, ref)]
+    for base, a, b in zip(bases, *grads):
+        torch.testing.assert_close(a, torch.zeros_like(base) if b is None else b, rtol=1e-5, atol=1e-6)
+
+
+def test_unmatched_non_finite_box_does_not_reach_the_gradient():
+    # object 1 has no allowed query: its (unused) pick is q0, whose exp'd size overflowed
+    masks = torch.tensor([[-5.0, -5, 5], [5.0, 5, -5]], requires_grad=True)
+    bboxes = torch.tensor([[9.0, 9, 9, math.inf, math.inf, math.inf], [1.0, 0, 0, 2, 2, 2]], requires_grad=True)
+    t = _targets([0, 0], [[1, 1, 0], [0, 0, 1]], [N_SEM] * 3, boxes=[[0.0, 0, 0, 2, 2, 2], [5.0, 5, 5, 1, 1, 1]])
+    losses = Criterion(1, N_SEM)(_sp_pred([torch.zeros(2, 2)], [masks], bboxes=[bboxes]), [t], [torch.tensor([0, 1])])
+    torch.testing.assert_close(losses["loss_bbox"], torch.tensor(0.5 * 2 / 3))
+    losses["loss_bbox"].backward()
+    assert torch.isfinite(bboxes.grad).all() and not bboxes.grad[0].any()
+
+
+# ops that make views or no-op conversions: per-frame slicing and reshaping of the inputs launch nothing
+_VIEW_OPS = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::as_strided", "aten::slice", "aten::select",
+             "aten::unsqueeze", "aten::squeeze", "aten::expand", "aten::transpose", "aten::t", "aten::permute",
+             "aten::unfold", "aten::narrow", "aten::alias", "aten::detach", "aten::unbind", "aten::flatten",
+             "aten::_unsafe_view", "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg", "aten::to"}
+
+
+def _op_counts(num_frames: int) -> collections.Counter:
+    pred, targets, query_ids, _ = _random_batch(0, 3, True)
+    for layer in [pred, *pred["aux_outputs"]]:
+        for key in ("cls_preds", "masks", "bboxes", "sem_preds"):
+            if layer[key] is not None:
+                layer[key] = layer[key][:num_frames]
+    inputs = [x for layer in [pred, *pred["aux_outputs"]] for key in ("cls_preds", "masks", "bboxes", "sem_preds")
+              for x in (layer[key] or [])]
+    crit = Criterion(3, N_SEM)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        losses = crit(pred, targets[:num_frames], query_ids[:num_frames])
+        torch.autograd.grad(sum(losses.values()), inputs, allow_unused=True)
+    return collections.Counter(e.name for e in prof.events() if e.name.startswith("aten::") and e.name not in _VIEW_OPS)
+
+
+def test_op_count_does_not_grow_with_the_frame_count():
+    """The whole batch is padded and computed at once: more frames, same ops (forward and backward)."""
+    few, many = _op_counts(4), _op_counts(7)
+    assert few == many, {k: (few[k], many[k]) for k in few | many if few[k] != many[k]}

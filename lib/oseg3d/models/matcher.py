@@ -13,6 +13,10 @@ query. This is a per-object argmin, not a Hungarian assignment:
 
 Cost = 0.5·(−softmax probability of the object's class) + 1.0·mask BCE + 1.0·mask Dice, all pairwise
 and vectorised, computed in float32 without autograd.
+
+`batched_match` matches all frames of a batch at once on zero-padded tensors (the criterion's path: a
+fixed number of kernels and no host synchronisation whatever the frame count); `match` and
+`match_costs` are its one-frame forms.
 """
 from __future__ import annotations
 
@@ -20,26 +24,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["match", "match_costs"]
+__all__ = ["batched_match", "match", "match_costs"]
 
 _BLOCKED = 1e8  # ESAM's "infinite" cost for a query outside the object
 
 
-def _pairwise_bce(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean sigmoid BCE of every mask against every target, (n_q, K).
+def _batched_costs(cls_pred: Tensor, mask_pred: Tensor, gt_labels: Tensor, gt_masks: Tensor,
+                   unit_mask: Tensor | None, weights: tuple[float, float, float]) -> Tensor:
+    """(B, n_q, K) float32 cost of every query against every object of the same frame.
 
-    BCE(x, t) = t·softplus(−x) + (1 − t)·softplus(x), so both terms are matrix products.
+    BCE(x, t) = t·softplus(−x) + (1 − t)·softplus(x) and the Dice overlaps are matrix products over
+    the units. Padded units (unit_mask 0) hold logit 0 and no target: they are kept out of the
+    (1 − t) factor, the predicted mask's size and the BCE mean's denominator.
     """
-    pos = F.softplus(-logits) @ targets.T
-    neg = F.softplus(logits) @ (1 - targets).T
-    return (pos + neg) / logits.shape[1]
-
-
-def _pairwise_dice(logits: Tensor, targets: Tensor) -> Tensor:
-    """Dice loss 1 − (2|p∩t| + 1)/(|p| + |t| + 1) of every mask against every target, (n_q, K)."""
-    p = logits.sigmoid()
-    inter = p @ targets.T
-    return 1 - (2 * inter + 1) / (p.sum(1)[:, None] + targets.sum(1)[None, :] + 1)
+    # float32 even under autocast: the BCE sums over 20 k points and the 1e8 sentinel overflow fp16
+    with torch.autocast(device_type=mask_pred.device.type, enabled=False):
+        n_q, k = mask_pred.shape[1], gt_labels.shape[1]
+        prob = cls_pred.float().softmax(-1).gather(2, gt_labels.clamp_min(0)[:, None, :].expand(-1, n_q, k))
+        logits, targets = mask_pred.float(), gt_masks.float()
+        t_rows = targets.transpose(1, 2)
+        if unit_mask is None:
+            off, n_units = 1 - targets, logits.shape[2]
+        else:
+            unit_mask = unit_mask.float()
+            off, n_units = unit_mask[:, None, :] - targets, unit_mask.sum(1).clamp_min(1)[:, None, None]
+        # one (B, n_q, n_units) buffer for softplus(x), softplus(−x) = softplus(x) − x and sigmoid(x) in turn:
+        # a batch of point-level masks is ~10^8 floats
+        buf = F.softplus(logits)
+        bce = buf @ off.transpose(1, 2)
+        bce = (buf.sub_(logits) @ t_rows + bce) / n_units
+        p = torch.sigmoid(logits, out=buf)
+        p_size = p.sum(2, keepdim=True) if unit_mask is None else p @ unit_mask[:, :, None]
+        dice = 1 - (2 * (p @ t_rows) + 1) / (p_size + targets.sum(2)[:, None, :] + 1)
+        w_cls, w_bce, w_dice = weights
+        return -w_cls * prob + w_bce * bce + w_dice * dice
 
 
 @torch.no_grad()
@@ -57,18 +75,40 @@ def match_costs(cls_pred: Tensor, mask_pred: Tensor, gt_labels: Tensor, gt_masks
     Returns:
         (n_q, K) float32 cost.
     """
-    # float32 even under autocast: the BCE sums over 20 k points and the 1e8 sentinel overflow fp16
-    with torch.autocast(device_type=mask_pred.device.type, enabled=False):
-        prob = cls_pred.float().softmax(-1)[:, gt_labels.clamp_min(0)]
-        logits, targets = mask_pred.float(), gt_masks.float()
-        w_cls, w_bce, w_dice = weights
-        return -w_cls * prob + w_bce * _pairwise_bce(logits, targets) + w_dice * _pairwise_dice(logits, targets)
+    return _batched_costs(cls_pred[None], mask_pred[None], gt_labels[None], gt_masks[None], None, weights)[0]
+
+
+@torch.no_grad()
+def batched_match(cls_pred: Tensor, mask_pred: Tensor, gt_labels: Tensor, gt_masks: Tensor,
+                  query_masks: Tensor, unit_mask: Tensor | None = None,
+                  weights: tuple[float, float, float] = (0.5, 1.0, 1.0)) -> tuple[Tensor, Tensor]:
+    """`match` for B zero-padded frames at once, without host synchronisation.
+
+    Args:
+        cls_pred: (B, n_q, C + 1) class logits; padded queries are excluded by query_masks.
+        mask_pred: (B, n_q, n_units) mask logits, 0 on padded units.
+        gt_labels: (B, K) long object classes, −1 = absent (or padding).
+        gt_masks: (B, K, n_units) bool or 0/1 object masks, 0 on padded units.
+        query_masks: (B, K, n_q) bool, query q's superpoint is inside object k (False for padding).
+        unit_mask: (B, n_units) bool or 0/1, the frame's own units; None = no padded units.
+        weights: (class, BCE, Dice) cost weights.
+
+    Returns:
+        (query_idx, matched): (B, K) long, object k's cheapest allowed query (meaningless where not
+        matched), and (B, K) bool, object k is present and has an allowed query.
+    """
+    allowed = query_masks.bool() & ((gt_labels >= 0) & gt_masks.bool().any(2))[:, :, None]
+    matched = allowed.any(2)
+    if mask_pred.shape[1] == 0:  # argmin over no query is an error
+        return torch.zeros_like(matched, dtype=torch.long), matched
+    cost = _batched_costs(cls_pred, mask_pred, gt_labels, gt_masks, unit_mask, weights).transpose(1, 2)
+    return cost.masked_fill(~allowed, _BLOCKED).argmin(2), matched
 
 
 @torch.no_grad()
 def match(cls_pred: Tensor, mask_pred: Tensor, gt_labels: Tensor, gt_masks: Tensor, query_masks: Tensor,
           weights: tuple[float, float, float] = (0.5, 1.0, 1.0)) -> tuple[Tensor, Tensor]:
-    """Give each present object its cheapest query among those lying inside it.
+    """Give each present object its cheapest query among those lying inside it (one frame).
 
     Args:
         cls_pred: (n_q, C + 1) class logits.
@@ -82,13 +122,7 @@ def match(cls_pred: Tensor, mask_pred: Tensor, gt_labels: Tensor, gt_masks: Tens
         (query_idx, gt_idx): (M,) long each, matched pairs sorted by gt_idx. M ≤ number of present
         objects; query_idx may repeat (see the module docstring).
     """
-    device = mask_pred.device
-    allowed = query_masks.bool() & ((gt_labels >= 0) & gt_masks.any(1))[:, None]
-    has_query = allowed.any(1)
-    if not bool(has_query.any()):
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return empty, empty
-    cost = match_costs(cls_pred, mask_pred, gt_labels, gt_masks, weights).T  # (K, n_q)
-    cost = cost.masked_fill(~allowed, _BLOCKED)
-    gt_idx = torch.nonzero(has_query).squeeze(1)
-    return cost[gt_idx].argmin(1), gt_idx
+    query_idx, matched = batched_match(cls_pred[None], mask_pred[None], gt_labels[None], gt_masks[None],
+                                       query_masks[None], weights=weights)
+    gt_idx = torch.nonzero(matched[0]).squeeze(1)  # a host sync; the criterion uses batched_match
+    return query_idx[0][gt_idx], gt_idx
