@@ -89,7 +89,9 @@ class ESAM(nn.Module):
         # the point-mask features alike (mixformer3d.extract_feat)
         xyz = batch.voxel_coord if batch.voxel_coord is not None else batch.coord
         vox, voxel_feat = self.voxel_features(batch, xyz, use_memory)
-        point_feat = voxel_feat[vox.point2voxel]
+        # index_select: its backward is one index_add; `voxel_feat[idx]`'s is a sort-based index_put
+        # (~1.4 ms per 20k-point frame on the H100, 6 % of an MV training step)
+        point_feat = voxel_feat.index_select(0, vox.point2voxel)
         # superpoints per frame in one reduction (a per-frame loop costs a launch per frame)
         n_sp = torch.zeros(batch.num_frames, dtype=torch.long, device=bidx.device).scatter_reduce(
             0, bidx, batch.superpoint.long(), "amax", include_self=False) + 1

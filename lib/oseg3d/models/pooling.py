@@ -47,6 +47,7 @@ class GeoAwarePooling(nn.Module):
         """
         z_local = self.pts_proj(self.normalize_xyz(xyz.float(), sp, n_sp).to(feat.dtype))
         z_global = scatter_max(z_local, sp, n_sp)
-        w = 2 * torch.sigmoid(self.weight_mlp(torch.cat([z_local, z_global[sp]], 1)))
+        # index_select, not z_global[sp]: a one-index_add backward instead of a sort-based index_put
+        w = 2 * torch.sigmoid(self.weight_mlp(torch.cat([z_local, z_global.index_select(0, sp)], 1)))
         sp_feat = scatter_mean(feat * w, sp, n_sp) + z_global
         return sp_feat, scatter_mean(xyz.float(), sp, n_sp), w.squeeze(1)
