@@ -40,15 +40,20 @@ def _features(model, batches):
         return [model.voxel_features(b, b.coord, use_memory=model.memory is not None)[1] for b in batches]
 
 
-@pytest.mark.parametrize("online", [False, True])
-def test_folded_model_gives_the_same_features(online):
-    rng = np.random.default_rng(0)
+def _reference(online: bool, seed: int):
+    """A randomised model, three frames of one scene and the model's voxel features of them."""
+    rng = np.random.default_rng(seed)
     pose = random_pose(rng)
     batches = [PointBatch.from_dict(make_batch([make_frame(rng, 500, pose=pose)])) for _ in range(3)]
     torch.manual_seed(0)
     model = build_model(ModelConfig(online=online)).eval()
     _randomise(model)
-    ref = _features(model, batches)
+    return model, batches, _features(model, batches)
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_folded_model_gives_the_same_features(online):
+    model, batches, ref = _reference(online, seed=0)
     folded = fold_batchnorm(copy.deepcopy(model))
     assert not any(isinstance(m, (nn.BatchNorm1d, SparseBNReLU)) for m in folded.backbone.modules())
     if online:
@@ -62,13 +67,7 @@ def test_folded_model_gives_the_same_features(online):
 @pytest.mark.parametrize("online", [False, True])
 @pytest.mark.parametrize("engine", ["gather", "spconv"])
 def test_prepared_model_gives_the_same_features(online, engine):
-    rng = np.random.default_rng(1)
-    pose = random_pose(rng)
-    batches = [PointBatch.from_dict(make_batch([make_frame(rng, 500, pose=pose)])) for _ in range(3)]
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(online=online)).eval()
-    _randomise(model)
-    ref = _features(model, batches)
+    model, batches, ref = _reference(online, seed=1)
     prepared = prepare_for_inference(copy.deepcopy(model), torch.device("cpu"), engine=engine)
     n_gather = sum(isinstance(m, GatherConv) for m in prepared.modules())
     assert n_gather == (0 if engine == "spconv" else sum(1 for m in model.modules() if hasattr(m, "indice_key")))
