@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from oseg3d.data.collate import collate_clips, collate_frames

@@ -6,11 +6,12 @@ import torch
 from spconv.pytorch.conv import SparseConvolution
 
 from oseg3d.models.build import ModelConfig, build_model
+from oseg3d.models.gather_conv import GatherConv
 from oseg3d.models.sparse import half_sparse_for_inference
 
 
 def _sparse_dtypes(module: torch.nn.Module) -> set[torch.dtype]:
-    return {p.dtype for m in module.modules() if isinstance(m, SparseConvolution) for p in m.parameters()}
+    return {p.dtype for m in module.modules() if isinstance(m, (SparseConvolution, GatherConv)) for p in m.parameters()}
 
 
 @pytest.mark.parametrize("route", ["3d", "3dtsa", "bifusion"])

@@ -10,7 +10,7 @@ from torch import nn
 
 from oseg3d.models.batch import PointBatch
 from oseg3d.models.build import ModelConfig, build_model
-from oseg3d.models.gather_conv import GatherConv
+from oseg3d.models.gather_conv import GatherConv, use_gather_convs
 from oseg3d.models.inference import fold_batchnorm, prepare_for_inference
 from oseg3d.models.sparse import SparseBNReLU
 
@@ -46,7 +46,7 @@ def _reference(online: bool, seed: int):
     pose = random_pose(rng)
     batches = [PointBatch.from_dict(make_batch([make_frame(rng, 500, pose=pose)])) for _ in range(3)]
     torch.manual_seed(0)
-    model = build_model(ModelConfig(online=online)).eval()
+    model = build_model(ModelConfig(online=online, sparse_engine="spconv")).eval()  # the reference: spconv, unprepared
     _randomise(model)
     return model, batches, _features(model, batches)
 
@@ -78,3 +78,14 @@ def test_prepared_model_gives_the_same_features(online, engine):
 def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="unknown sparse engine"):
         prepare_for_inference(build_model(ModelConfig()), torch.device("cpu"), engine="cuda-magic")
+    with pytest.raises(ValueError, match="model.sparse_engine=spconv"):  # gather convs cannot go back
+        prepare_for_inference(build_model(ModelConfig()), torch.device("cpu"), engine="spconv")
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_gather_built_model_prepares_to_the_same_features(online):
+    """The product's path: built with gather convs (the default), trained, then prepared."""
+    model, batches, ref = _reference(online, seed=2)
+    gather = use_gather_convs(copy.deepcopy(model))
+    for a, b in zip(_features(prepare_for_inference(gather, torch.device("cpu")), batches), ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

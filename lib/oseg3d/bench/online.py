@@ -57,8 +57,9 @@ class _Timer:
 
 
 def online_model(route: str):
-    cfg = load_config(f"ESAM_online_{route}_scannet200", ["model.clip_random_init=true"] if route == "bifusion" else [])
-    return build_model(cfg.model)
+    """The route's online model on spconv (the naive reference; `prepare_for_inference` converts copies)."""
+    sets = ["model.sparse_engine=spconv"] + (["model.clip_random_init=true"] if route == "bifusion" else [])
+    return build_model(load_config(f"ESAM_online_{route}_scannet200", sets).model)
 
 
 def _unet(model):

@@ -1,4 +1,4 @@
-"""Sparse convolutions for inference as one gather + one GEMM each, in plain PyTorch.
+"""Sparse convolutions as one gather + one GEMM each, in plain PyTorch (training and inference).
 
 Why: on the H100 a spconv 2.3.8 implicit-GEMM call costs ~0.4-0.5 ms of host time whatever its size (a
 64-channel SubM conv over 13.7 k voxels: 503 µs per call with cached indices, its kernel ~45 µs), and a
@@ -14,9 +14,12 @@ Here every conv is `table → gather → GEMM (+ bias, ReLU)`:
 Tables are cached per `indice_key` in the tensor's `indice_dict` (shared by all tensors of one forward
 pass, as spconv does), so each level's rulebook is built once per frame.
 
-Inference only (`prepare_for_inference`): training keeps spconv, whose backward does not store the
-(N, taps·C) gathered matrix. Semantics are spconv's, tap order included (a CPU test checks every kind
-against spconv's Native algorithm): SubM (odd kernel, any dilation; output rows = input rows),
+Training uses them too (`model.sparse_engine: gather`, the default): the backward is two more
+gather + GEMMs (the input gradient over the transposed table — SubM tables are symmetric, a
+down-conv's transpose is its inverse's table — and the weight gradient over re-gathered columns), no
+atomics, nothing of size (N, taps·C) kept between forward and backward. spconv's own backward costs
+~0.5 ms of host per call as well. Semantics are spconv's, tap order included (CPU tests check every kind
+and the gradients against spconv's Native algorithm): SubM (odd kernel, any dilation; output rows = input rows),
 kernel-2 stride-2 down-convs (output cells = occupied parent cells) and their `SparseInverseConv3d`
 (output rows = the down-conv's input rows, in their order).
 """
@@ -28,7 +31,9 @@ from spconv.pytorch import SparseConvTensor
 from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
-__all__ = ["GatherConv", "subm_table", "down_table", "use_gather_convs"]
+__all__ = ["ENGINES", "GatherConv", "subm_table", "down_table", "use_gather_convs"]
+
+ENGINES = ("gather", "spconv")  # how a model runs its sparse convs (model.sparse_engine, prepare_for_inference)
 
 _CACHE = "gather/"
 
@@ -94,26 +99,74 @@ def down_table(indices: torch.Tensor, spatial_shape, batch_size: int):
     return out_indices, out_shape, down, up
 
 
+class _GatherGemm(torch.autograd.Function):
+    """y = [x; 0][table] (N_out, taps·C_in) @ W (taps·C_in, C_out) + b, with a gather + GEMM backward.
+
+    The input gradient is the same kind of conv over the transposed table (`table_t`: for each input row
+    and tap, the output row that read it there), so no atomics; the weight gradient re-gathers the
+    columns instead of keeping the (N_out, taps·C_in) matrix alive between forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, table, table_t):
+        cols = _columns(x, table)
+        w = weight.reshape(weight.shape[0], -1).t()  # KRSC (C_out, taps·C_in) viewed as (taps·C_in, C_out)
+        ctx.transpose = table_t if callable(table_t) else None  # SubM: derived from the table when needed
+        ctx.save_for_backward(x, weight, table, *([] if callable(table_t) else [table_t]))
+        ctx.has_bias = bias is not None
+        return torch.addmm(bias, cols, w) if bias is not None else cols @ w
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, table, *rest = ctx.saved_tensors
+        gx = gw = gb = None
+        c_out, c_in = weight.shape[0], weight.shape[-1]
+        gy = gy.contiguous()
+        if ctx.needs_input_grad[0]:
+            table_t = ctx.transpose(table) if ctx.transpose is not None else rest[0]
+            taps = weight.reshape(c_out, -1, c_in).transpose(0, 1).reshape(-1, c_in)  # (taps·C_out, C_in)
+            gx = _columns(gy, table_t) @ taps
+        if ctx.needs_input_grad[1]:
+            gw = (gy.t() @ _columns(x, table)).view_as(weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = gy.sum(0)
+        return gx, gw, gb, None, None
+
+
+def _columns(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(N_out, taps·C) rows of `x` per tap, zeros where the table says N (no voxel)."""
+    padded = torch.cat([x, x.new_zeros(1, x.shape[1])])
+    return padded.index_select(0, table.view(-1)).view(len(table), -1)  # index_select: lighter than padded[table]
+
+
+def _flip(table: torch.Tensor) -> torch.Tensor:
+    # SubM taps are symmetric: row j sits at tap k of row o exactly when o sits at tap taps-1-k of row j
+    return table.flip(1)
+
+
 class GatherConv(nn.Module):
-    """A spconv conv's inference as gather + GEMM; build it with `from_spconv`.
+    """A spconv conv as gather + GEMM; build it with `from_spconv`, which shares the conv's parameters.
+
+    The weight keeps spconv's KRSC layout (C_out, k, k, k, C_in) and parameter names, so state dicts,
+    checkpoints and partial loads are the same with either engine.
 
     Args:
         kind: "subm", "down" (kernel 2, stride 2) or "inverse" (the inverse of a down-conv).
-        kernel, dilation: SubM kernel size (odd) and dilation.
+        kernel, dilation: kernel size (SubM: odd) and dilation.
         key: spconv `indice_key`; required for "inverse" (it names the down-conv to invert).
-        weight: (taps·C_in, C_out) GEMM weights, taps in spconv's order.
-        bias: (C_out,) or None. relu: fused ReLU after the bias.
+        weight: (C_out, k, k, k, C_in) parameter. bias: (C_out,) parameter or None.
+        relu: fused ReLU after the bias (set by BN folding at inference).
     """
 
-    def __init__(self, kind: str, kernel: int, dilation: int, key: str | None, weight: torch.Tensor,
-                 bias: torch.Tensor | None, relu: bool):
+    def __init__(self, kind: str, kernel: int, dilation: int, key: str | None, weight: nn.Parameter,
+                 bias: nn.Parameter | None, relu: bool = False):
         super().__init__()
         self.kind, self.kernel, self.dilation, self.key, self.relu = kind, kernel, dilation, key, relu
-        self.weight = nn.Parameter(weight, requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.weight = weight
+        self.bias = bias
 
     @classmethod
-    def from_spconv(cls, conv: SparseConvolution) -> "GatherConv":
+    def from_spconv(cls, conv: SparseConvolution) -> GatherConv:
         k, s, d = list(conv.kernel_size), list(conv.stride), list(conv.dilation)
         if len(set(k)) != 1 or len(set(d)) != 1 or conv.transposed or any(conv.padding) or conv.groups != 1:
             raise ValueError(f"GatherConv supports cubic, unpadded, ungrouped, non-transposed convs; got {conv}")
@@ -129,18 +182,22 @@ class GatherConv(nn.Module):
                 raise ValueError(f"only kernel-2 stride-2 down-convs are supported, got kernel {k} stride {s}")
         if kind == "inverse" and (k != [2, 2, 2] or not conv.indice_key):
             raise ValueError(f"only kernel-2 inverse convs with an indice_key are supported, got {conv}")
-        w = conv.weight.detach()  # (C_out, k, k, k, C_in), KRSC
-        relu = conv.act_type == tv.gemm.Activation.ReLU
-        bias = None if conv.bias is None else conv.bias.detach().clone()
-        return cls(kind, k[0], d[0], conv.indice_key, w.reshape(w.shape[0], -1).t().contiguous(), bias, relu)
+        return cls(kind, k[0], d[0], conv.indice_key, conv.weight, conv.bias,
+                   relu=conv.act_type == tv.gemm.Activation.ReLU)
 
-    def _gemm(self, feats: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        padded = torch.cat([feats, feats.new_zeros(1, feats.shape[1])])
-        cols = padded.index_select(0, table.view(-1)).view(len(table), -1)  # lighter on the host than padded[table]
+    def _conv(self, feats: torch.Tensor, table: torch.Tensor, table_t) -> torch.Tensor:
         w, bias = self.weight, self.bias
-        if w.dtype != feats.dtype:  # prepared models are cast once; each `.to` still costs host time per call
+        if feats.is_cuda and torch.is_autocast_enabled("cuda"):
+            feats = feats.to(torch.get_autocast_dtype("cuda"))  # gather half the bytes; the GEMM in autocast's dtype
+        if w.dtype != feats.dtype:  # prepared models are cast once; `.to` still costs host time per call
             w, bias = w.to(feats.dtype), None if bias is None else bias.to(feats.dtype)
-        out = cols @ w if bias is None else torch.addmm(bias, cols, w)
+        if torch.is_grad_enabled() and (feats.requires_grad or w.requires_grad):
+            out = _GatherGemm.apply(feats, w, bias, table, table_t)
+        else:  # inference: the same arithmetic without autograd's bookkeeping
+            with torch.autocast(feats.device.type, enabled=False):
+                cols = _columns(feats, table)
+                w2 = w.reshape(w.shape[0], -1).t()
+                out = torch.addmm(bias, cols, w2) if bias is not None else cols @ w2
         return torch.relu_(out) if self.relu else out
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
@@ -152,25 +209,25 @@ class GatherConv(nn.Module):
                 table = subm_table(x.indices, x.spatial_shape, self.kernel, self.dilation)
                 if name:
                     cache[name] = table
-            return x.replace_feature(self._gemm(x.features, table))
+            return x.replace_feature(self._conv(x.features, table, _flip))
         if self.kind == "down":
             out_indices, out_shape, down, up = down_table(x.indices, x.spatial_shape, x.batch_size)
             if self.key:
-                cache[f"{_CACHE}down/{self.key}"] = (x.indices, list(x.spatial_shape), up)
-            return SparseConvTensor(self._gemm(x.features, down), out_indices, out_shape, x.batch_size,
+                cache[f"{_CACHE}down/{self.key}"] = (x.indices, list(x.spatial_shape), up, down)
+            return SparseConvTensor(self._conv(x.features, down, up), out_indices, out_shape, x.batch_size,
                                     indice_dict=cache)
         entry = cache.get(f"{_CACHE}down/{self.key}")
         if entry is None:
             raise KeyError(f"inverse gather conv '{self.key}': no down-conv with this indice_key ran earlier "
                            "in this forward pass (convert the whole model with use_gather_convs)")
-        fine_indices, fine_shape, up = entry
-        return SparseConvTensor(self._gemm(x.features, up), fine_indices, fine_shape, x.batch_size,
+        fine_indices, fine_shape, up, down = entry
+        return SparseConvTensor(self._conv(x.features, up, down), fine_indices, fine_shape, x.batch_size,
                                 indice_dict=cache)
 
 
 def use_gather_convs(model: nn.Module) -> nn.Module:
-    """Replace every spconv conv inside `model` with its GatherConv (after BN folding). Mutates and
-    returns `model`; inference only."""
+    """Replace every spconv conv inside `model` with its GatherConv, sharing the parameters (state-dict
+    keys and shapes unchanged). Mutates and returns `model`; for training and inference alike."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, SparseConvolution):

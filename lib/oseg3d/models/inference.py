@@ -21,14 +21,12 @@ from spconv.pytorch import SparseConvTensor
 from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
-from oseg3d.models.gather_conv import use_gather_convs
+from oseg3d.models.gather_conv import ENGINES, GatherConv, use_gather_convs
 from oseg3d.models.memory import MemoryAdapter
 from oseg3d.models.resunet import BasicBlock, Res16UNet34C
 from oseg3d.models.sparse import SparseBNReLU, half_sparse_for_inference
 
 __all__ = ["fold_batchnorm", "prepare_for_inference", "ENGINES"]
-
-ENGINES = ("gather", "spconv")  # how the prepared model runs its sparse convs
 
 
 class _SparseShift(nn.Module):
@@ -58,10 +56,12 @@ class _Shift(nn.Module):
         return x + self.shift.to(x.dtype)
 
 
-def _implicit_gemm(conv: SparseConvolution) -> bool:
-    """Whether the conv will run spconv's implicit-GEMM kernels, the only ones taking a bias and a fused
-    ReLU (Native: no bias on the CPU, and strided convs get their activation arguments swapped in
-    spconv 2.3.8). Matches `set_conv_algo`: CUDA and ≤ 32 taps."""
+def _implicit_gemm(conv: nn.Module) -> bool:
+    """Whether the conv takes a bias and a fused ReLU: every gather conv, and spconv convs that will run
+    its implicit-GEMM kernels (Native: no bias on the CPU, and strided convs get their activation
+    arguments swapped in spconv 2.3.8), which matches `set_conv_algo`: CUDA and ≤ 32 taps."""
+    if isinstance(conv, GatherConv):
+        return True
     return conv.weight.is_cuda and math.prod(conv.kernel_size) <= 32
 
 
@@ -89,7 +89,10 @@ def _fold_sparse(conv: SparseConvolution, bnrelu: SparseBNReLU, fuse_all: bool) 
     fused = fuse_all or _implicit_gemm(conv)
     shift = _fold_into(conv, bnrelu.bn, as_bias=fused)
     if fused and bnrelu.relu:
-        conv.act_type = tv.gemm.Activation.ReLU
+        if isinstance(conv, GatherConv):
+            conv.relu = True
+        else:
+            conv.act_type = tv.gemm.Activation.ReLU
     return _SparseShift(shift, bnrelu.relu and not fused)
 
 
@@ -130,6 +133,9 @@ def prepare_for_inference(model: nn.Module, device: torch.device, engine: str = 
     benchmarks share."""
     if engine not in ENGINES:
         raise ValueError(f"unknown sparse engine {engine!r}; choose one of {ENGINES}")
+    if engine == "spconv" and any(isinstance(m, GatherConv) for m in model.modules()):
+        raise ValueError("the model runs gather convs (built with model.sparse_engine=gather); build it with "
+                         "model.sparse_engine=spconv to prepare it for spconv")
     model.to(device).eval()
     fold_batchnorm(model, fuse_all=engine == "gather")
     if engine == "gather":

@@ -67,7 +67,7 @@ def _parts_table(l, w, h):  # l × w footprint, height h, origin at floor centre
 
 
 def _parts_chair(l, w, h):
-    seat, leg = 0.45, 0.04
+    seat = 0.45
     parts = _parts_table(l, w, seat)
     parts.append(((0, -w / 2 + 0.03, seat + (h - seat) / 2), (l / 2, 0.03, (h - seat) / 2)))
     return parts
