@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from oseg3d.errors import ConfigError
 from oseg3d.models.batch import PointBatch
 from oseg3d.models.build import ModelConfig, build_model
 from oseg3d.models.gather_conv import GatherConv, use_gather_convs
@@ -79,7 +80,9 @@ def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="unknown sparse engine"):
         prepare_for_inference(build_model(ModelConfig()), torch.device("cpu"), engine="cuda-magic")
     with pytest.raises(ValueError, match="model.sparse_engine=spconv"):  # gather convs cannot go back
-        prepare_for_inference(build_model(ModelConfig()), torch.device("cpu"), engine="spconv")
+        prepare_for_inference(build_model(ModelConfig(sparse_engine="gather")), torch.device("cpu"), engine="spconv")
+    with pytest.raises(ConfigError, match="sparse_engine"):
+        build_model(ModelConfig(sparse_engine="cuda-magic"))
 
 
 @pytest.mark.parametrize("online", [False, True])

@@ -47,9 +47,11 @@ class ModelConfig:
         fuse_deeper: also add the sampled 2D features at the four encoder levels, not only the stem.
         clip_weights: path / s3:// URI of an open_clip ViT-B/16 state dict for the frozen 2D branch.
         clip_random_init: without clip_weights, a random conv1 (smoke runs; reports say so).
-        sparse_engine: "gather" (sparse convs as gather + GEMM in PyTorch, `models/gather_conv.py`) or
-            "spconv" (spconv's kernels). Same parameters and state dict either way; gather avoids spconv's
-            ~0.5 ms of host time per conv call on the GPU.
+        sparse_engine: how training runs the sparse convs: "spconv" (its implicit-GEMM kernels) or
+            "gather" (gather + GEMM in PyTorch, `models/gather_conv.py`). Same parameters and state dict
+            either way. Inference always converts to gather (`prepare_for_inference`). spconv is the
+            training default: at 16 frames per batch the gathered (N, taps·C) matrices make a gather step
+            GPU-bound (SV 51 vs 65 frames/s on the H100, docs/PERFORMANCE.md).
     """
 
     num_classes: int = 18
@@ -75,7 +77,7 @@ class ModelConfig:
     fuse_deeper: bool = False
     clip_weights: Optional[str] = None
     clip_random_init: bool = False
-    sparse_engine: str = "gather"
+    sparse_engine: str = "spconv"
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
