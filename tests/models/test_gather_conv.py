@@ -79,14 +79,14 @@ def test_tables_on_edge_cases():
     one = torch.tensor([[0, 1, 2, 3]], dtype=torch.int32)
     t = subm_table(one, [4, 4, 4], 3)
     assert t.shape == (1, 27) and int(t[0, 13]) == 0 and int((t == 1).sum()) == 26  # only the centre tap
-    out_idx, out_shape, down, up = down_table(one, [4, 4, 4], 1)
+    out_idx, out_shape, down, up = down_table(one, [4, 4, 4])
     assert out_idx.tolist() == [[0, 0, 1, 1]] and out_shape == [2, 2, 2]
     assert int(down[0, 5]) == 0 and int(up[0, 5]) == 0  # cell (1,2,3) is tap (1,0,1) = 5 of parent (0,1,1)
 
 
 def test_bad_input_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="even spatial sizes"):
-        down_table(torch.tensor([[0, 1, 1, 1]], dtype=torch.int32), [5, 4, 4], 1)
+        down_table(torch.tensor([[0, 1, 1, 1]], dtype=torch.int32), [5, 4, 4])
     with pytest.raises(ValueError, match="stride-2"):
         GatherConv.from_spconv(sp.SparseConv3d(4, 4, 3, stride=2))
     inv = GatherConv.from_spconv(sp.SparseInverseConv3d(4, 4, 2, indice_key="nowhere"))

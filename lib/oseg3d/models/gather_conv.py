@@ -68,7 +68,7 @@ def subm_table(indices: torch.Tensor, spatial_shape, kernel: int, dilation: int 
     return torch.where(found, order[pos], n).view(n, len(offs))
 
 
-def down_table(indices: torch.Tensor, spatial_shape, batch_size: int):
+def down_table(indices: torch.Tensor, spatial_shape):
     """Rulebook of a kernel-2 stride-2 conv.
 
     Returns (out_indices (M, 4) int32, out_shape, down (M, 8) long input rows or N, up (N, 8) long
@@ -194,11 +194,10 @@ class GatherConv(nn.Module):
             w, bias = w.to(feats.dtype), None if bias is None else bias.to(feats.dtype)
         if torch.is_grad_enabled() and (feats.requires_grad or w.requires_grad):
             out = _GatherGemm.apply(feats, w, bias, table, table_t)
-        else:  # inference: the same arithmetic without autograd's bookkeeping
-            with torch.autocast(feats.device.type, enabled=False):
-                cols = _columns(feats, table)
-                w2 = w.reshape(w.shape[0], -1).t()
-                out = torch.addmm(bias, cols, w2) if bias is not None else cols @ w2
+        else:  # inference (fp16 weights, autocast already off around the sparse parts): no autograd bookkeeping
+            cols = _columns(feats, table)
+            w2 = w.reshape(w.shape[0], -1).t()
+            out = torch.addmm(bias, cols, w2) if bias is not None else cols @ w2
         return torch.relu_(out) if self.relu else out
 
     def forward(self, x: SparseConvTensor) -> SparseConvTensor:
@@ -212,7 +211,7 @@ class GatherConv(nn.Module):
                     cache[name] = table
             return x.replace_feature(self._conv(x.features, table, _flip))
         if self.kind == "down":
-            out_indices, out_shape, down, up = down_table(x.indices, x.spatial_shape, x.batch_size)
+            out_indices, out_shape, down, up = down_table(x.indices, x.spatial_shape)
             if self.key:
                 cache[f"{_CACHE}down/{self.key}"] = (x.indices, list(x.spatial_shape), up, down)
             return SparseConvTensor(self._conv(x.features, down, up), out_indices, out_shape, x.batch_size,
