@@ -92,28 +92,29 @@ def synth_world(work: Path, scenes: int, frames: int, workers: int) -> Path:
     return raw
 
 
-def prepare_data(work: Path, scenes: int, frames: int, workers: int, points: int = 20000) -> tuple[str, str]:
-    """A real-size synthetic world (20,000 points per frame) and its scannet200 SV / MV datasets, reused
-    when already complete."""
+def _dataset(work: Path, kind: str, scenes: int, frames: int, workers: int, points: int,
+             frame_stride: int | None, name: str) -> str:
+    """`work/name`: a `kind` dataset of the benches' shared world (reused when complete)."""
     from oseg3d.data.create_data import CreateDataParams, create_data
 
-    raw = synth_world(work, scenes, frames, workers)
-    out = {}
-    for kind in ("scannet200_sv", "scannet200_mv"):
-        out[kind] = str(work / kind)
-        create_data(str(raw), out[kind], CreateDataParams(kind=kind, num_points=points), workers=workers)
-    return out["scannet200_sv"], out["scannet200_mv"]
+    raw, out = synth_world(work, scenes, frames, workers), work / name
+    create_data(str(raw), str(out), CreateDataParams(kind=kind, num_points=points, frame_stride=frame_stride),
+                workers=workers)
+    return str(out)
+
+
+def prepare_data(work: Path, scenes: int, frames: int, workers: int, points: int = 20000) -> tuple[str, str]:
+    """A real-size synthetic world (20,000 points per frame) and its scannet200 SV / MV datasets at ESAM's
+    frame strides, reused when already complete."""
+    return tuple(_dataset(work, kind, scenes, frames, workers, points, None, kind)
+                 for kind in ("scannet200_sv", "scannet200_mv"))
 
 
 def dense_dataset(work: Path, kind: str, scenes: int, frames: int, workers: int, points: int = 20000) -> str:
     """A `kind` dataset over every raw frame (frame stride 1) of the benches' shared world, reused when
     complete. ESAM's strides (SV 200, MV 40) leave a small world one batch per epoch, so a throughput
     bench would time epoch turnovers (loader restarts) instead of steady steps."""
-    from oseg3d.data.create_data import CreateDataParams, create_data
-
-    raw, out = synth_world(work, scenes, frames, workers), work / f"dense_{kind}"
-    create_data(str(raw), str(out), CreateDataParams(kind=kind, num_points=points, frame_stride=1), workers=workers)
-    return str(out)
+    return _dataset(work, kind, scenes, frames, workers, points, 1, f"dense_{kind}")
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
